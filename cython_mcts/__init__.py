@@ -1,0 +1,253 @@
+"""Batched MuZero / EfficientZero Monte-Carlo tree search, compiled with Cython.
+
+Usage::
+
+    from cython_mcts import MCTSConfig, run_mcts
+
+    cfg = MCTSConfig(num_simulations=50)
+    out = run_mcts(root_logits, root_values, recurrent_fn, cfg, noise=noise, legal_actions=mask)
+    out.visit_counts   # int32 [B, A]
+    out.root_values    # float32 [B]
+    out.search_policy  # float32 [B, A]
+
+Semantics (see DESIGN.md section 3.1; the pure-Python reference lives in
+`tests/mcts_reference.py`):
+
+- Node `s >= 1` of every root is made by simulation `s` (the s-th call of `recurrent_fn`);
+  `parent_ids[b]` names the node/hidden state to expand from (0 = the root's state) and
+  `depths[b]` the depth of the node being made (children of the root: 1).
+- Root priors are the softmax of `root_logits` over the legal actions (illegal actions get prior
+  0 and are never selected). `noise` is restricted to the legal actions and renormalised to sum
+  to 1 over them (for Dirichlet noise over all A actions, this is exactly a Dirichlet sample over
+  the legal actions), then mixed in: `prior = (1 - frac) * prior + frac * noise`. A noise row must
+  therefore put positive mass on at least one legal action. Priors below the root are the
+  softmax of the logits `recurrent_fn` returns, over all actions.
+- With `value_prefix=True`, reward(child) = prefix(child) - prefix(parent), or prefix(child) when
+  the parent's depth is a multiple of `lstm_horizon_len`; otherwise the first output of
+  `recurrent_fn` is the reward itself.
+- pUCT selection with MuZero's constants, EfficientZero's mean-Q for unvisited children, and
+  min-max statistics (one per root) updated along each backup path, root included. Ties go to
+  the lowest action index; the search is deterministic.
+
+Inputs that are float arrays of another float dtype (float16/float64, or torch CPU tensors)
+are converted to float32; wrong shapes, non-float dtypes and non-finite values raise
+`ValueError`. No torch is imported here.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cython_mcts._tree import search as _search
+
+__all__ = ["MCTSConfig", "RecurrentFn", "SearchOutput", "run_mcts"]
+
+RecurrentFn = Callable[
+    [np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]
+]
+"""(parent_ids int64[B], actions int64[B], depths int64[B])
+-> (value_prefix float32[B], value float32[B], logits float32[B, A])."""
+
+_MAX_SIMULATIONS = 2**31 - 2
+
+
+@dataclass(frozen=True)
+class MCTSConfig:
+    """Settings of one search.
+
+    Attributes:
+        num_simulations: simulations per root (calls of `recurrent_fn`), >= 1.
+        discount: per-step discount in [0, 1] (EfficientZero: 0.997 ** 4 with frame skip 4).
+        pb_c_base: pUCT base constant, > 0.
+        pb_c_init: pUCT init constant, >= 0.
+        root_exploration_fraction: weight of the noise in the root priors, in [0, 1].
+        value_prefix: True if `recurrent_fn`'s first output is EfficientZero's value prefix,
+            False if it is the reward (MuZero).
+        lstm_horizon_len: depths at which the value prefix restarts, >= 1.
+        value_delta_max: lower bound on (max - min) when normalising Q, >= 0.
+    """
+
+    num_simulations: int = 50
+    discount: float = 0.997**4
+    pb_c_base: float = 19652
+    pb_c_init: float = 1.25
+    root_exploration_fraction: float = 0.25
+    value_prefix: bool = True
+    lstm_horizon_len: int = 5
+    value_delta_max: float = 0.01
+
+    def __post_init__(self) -> None:
+        def set_(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        def as_int(name: str, low: int, high: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"MCTSConfig.{name} must be an int, got {value!r}")
+            if not low <= int(value) <= high:
+                raise ValueError(f"MCTSConfig.{name} must be in [{low}, {high}], got {value!r}")
+            set_(name, int(value))
+
+        def as_float(name: str, low: float, high: float, low_open: bool = False) -> None:
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise ValueError(f"MCTSConfig.{name} must be a real number, got {value!r}")
+            value = float(value)
+            ok = math.isfinite(value) and value <= high and (value > low if low_open else
+                                                               value >= low)
+            if not ok:
+                interval = f"{'(' if low_open else '['}{low}, {high}]"
+                raise ValueError(f"MCTSConfig.{name} must be finite and in {interval}, "
+                                 f"got {value!r}")
+            set_(name, value)
+
+        as_int("num_simulations", 1, _MAX_SIMULATIONS)
+        as_float("discount", 0.0, 1.0)
+        as_float("pb_c_base", 0.0, math.inf, low_open=True)
+        as_float("pb_c_init", 0.0, math.inf)
+        as_float("root_exploration_fraction", 0.0, 1.0)
+        if not isinstance(self.value_prefix, (bool, np.bool_)):
+            raise ValueError(f"MCTSConfig.value_prefix must be a bool, got {self.value_prefix!r}")
+        set_("value_prefix", bool(self.value_prefix))
+        as_int("lstm_horizon_len", 1, 2**31 - 1)
+        as_float("value_delta_max", 0.0, math.inf)
+
+
+@dataclass(frozen=True, eq=False)
+class SearchOutput:
+    """Result of `run_mcts`.
+
+    Attributes:
+        visit_counts: int32 [B, A], visits of the root's children; each row sums to
+            `num_simulations`, illegal actions get 0.
+        root_values: float32 [B], (root value + every value backed up to the root) /
+            (num_simulations + 1).
+    """
+
+    visit_counts: np.ndarray
+    root_values: np.ndarray
+
+    @property
+    def search_policy(self) -> np.ndarray:
+        """float32 [B, A]: visit_counts normalised per root."""
+        counts = self.visit_counts.astype(np.float32)
+        return counts / counts.sum(axis=1, keepdims=True)
+
+
+def _float_array(name: str, value: Any, shape: tuple[int, ...], shape_text: str) -> np.ndarray:
+    """`value` as a C-contiguous finite float32 array of `shape`, or a ValueError naming `name`."""
+    expected = f"float32 {shape_text}"
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # e.g. a CUDA tensor
+        raise ValueError(f"{name} must be a {expected} array; could not convert "
+                         f"{type(value).__name__}: {exc}") from exc
+    if array.dtype.kind != "f":
+        raise ValueError(f"{name} must be a {expected} array, got dtype {array.dtype}")
+    if array.shape != shape:
+        raise ValueError(f"{name} must be a {expected} array, got shape {array.shape}")
+    with np.errstate(over="ignore"):
+        array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        raise ValueError(f"{name} must be finite (as float32); non-finite value at {list(index)}")
+    return array
+
+
+def _legal_mask(value: Any, shape: tuple[int, int]) -> np.ndarray:
+    expected = f"bool [B={shape[0]}, A={shape[1]}]"
+    try:
+        mask = np.asarray(value)
+    except Exception as exc:
+        raise ValueError(f"legal_actions must be a {expected} array; could not convert "
+                         f"{type(value).__name__}: {exc}") from exc
+    if mask.shape != shape:
+        raise ValueError(f"legal_actions must be a {expected} array, got shape {mask.shape}")
+    if mask.dtype != np.bool_:
+        # Integer 0/1 masks convert without loss; anything else is refused.
+        if mask.dtype.kind not in "iu" or not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"legal_actions must be a {expected} array (or integer 0/1), "
+                             f"got dtype {mask.dtype}")
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    empty = np.flatnonzero(~mask.any(axis=1))
+    if empty.size:
+        raise ValueError(f"legal_actions: root {int(empty[0])} has no legal action "
+                         f"(every root needs at least one)")
+    return mask
+
+
+def run_mcts(
+    root_logits: np.ndarray,
+    root_values: np.ndarray,
+    recurrent_fn: RecurrentFn,
+    config: MCTSConfig,
+    noise: np.ndarray | None = None,
+    legal_actions: np.ndarray | None = None,
+) -> SearchOutput:
+    """Runs `config.num_simulations` simulations from each of B roots at once.
+
+    Args:
+        root_logits: float32 [B, A], prior logits at the roots.
+        root_values: float32 [B], predicted values of the roots.
+        recurrent_fn: called once per simulation for the whole batch as
+            `recurrent_fn(parent_ids, actions, depths)` with int64 [B] arrays: `parent_ids[b]`
+            is the state to expand from (0: root b's state; s >= 1: the state made by the
+            s-th call), `actions[b]` the action taken from it, `depths[b]` the depth of the
+            node being made (>= 1). Returns `(value_prefix, value, logits)`: float32 [B],
+            float32 [B], float32 [B, A] (other float dtypes are converted; must be finite).
+            Fresh input arrays are passed on every call, so the callback may keep them.
+        config: an `MCTSConfig`.
+        noise: float32 [B, A], non-negative (e.g. Dirichlet) noise for the root priors, or None.
+            Only the legal actions' entries are used, renormalised to sum to 1.
+        legal_actions: bool [B, A] (or integer 0/1), the roots' legal actions; None = all.
+
+    Returns:
+        `SearchOutput` with `visit_counts` int32 [B, A] and `root_values` float32 [B].
+
+    Raises:
+        ValueError: on a wrong shape/dtype, a non-finite value, an all-illegal root, a
+            non-callable `recurrent_fn` or a bad output of it.
+    """
+    if not isinstance(config, MCTSConfig):
+        raise ValueError(f"config must be an MCTSConfig, got {type(config).__name__}")
+    if not callable(recurrent_fn):
+        raise ValueError(f"recurrent_fn must be callable, got {type(recurrent_fn).__name__}")
+    try:
+        logits_shape = np.shape(root_logits)
+    except Exception as exc:
+        raise ValueError(f"root_logits must be a float32 [B, A] array: {exc}") from exc
+    if len(logits_shape) != 2:
+        raise ValueError(f"root_logits must be a float32 [B, A] array, got shape {logits_shape}")
+    batch, num_actions = (int(n) for n in logits_shape)
+    if batch < 1 or num_actions < 1:
+        raise ValueError(f"root_logits must be a float32 [B, A] array with B >= 1 and A >= 1, "
+                         f"got shape {logits_shape}")
+    logits = _float_array("root_logits", root_logits, (batch, num_actions), "[B, A]")
+    values = _float_array("root_values", root_values, (batch,), f"[B={batch}]")
+    if legal_actions is None:
+        mask = np.ones((batch, num_actions), dtype=np.uint8)
+    else:
+        mask = _legal_mask(legal_actions, (batch, num_actions))
+    noise_array = None
+    if noise is not None:
+        noise_array = _float_array("noise", noise, (batch, num_actions),
+                                   f"[B={batch}, A={num_actions}]")
+        if (noise_array < 0).any():
+            raise ValueError("noise must be non-negative (e.g. Dirichlet samples)")
+        mass = np.where(mask.astype(bool), noise_array, 0.0).sum(axis=1)
+        bad = np.flatnonzero(~(mass > 0))
+        if bad.size:
+            raise ValueError(f"noise row {int(bad[0])} has no mass on the legal actions of its "
+                             f"root (it is renormalised over them)")
+    counts, root_value = _search(
+        logits, values, recurrent_fn, config.num_simulations, config.discount,
+        config.pb_c_base, config.pb_c_init, config.root_exploration_fraction,
+        config.value_prefix, config.lstm_horizon_len, config.value_delta_max, noise_array, mask,
+    )
+    return SearchOutput(visit_counts=counts, root_values=root_value)

@@ -1,0 +1,464 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""Compiled batched MCTS: the search loop of `cython_mcts.run_mcts`.
+
+Every root `b` owns `M = num_simulations + 1` node slots; node `s` of root `b` is the node made
+by simulation `s` (node 0 is the root), so a node's id is also the id of its hidden state that
+the caller keeps. All node data lives in flat preallocated arrays indexed by `b * M + node`
+(per-node scalars) or `(b * M + node) * A + action` (per-edge data). Selection, expansion and
+backup run in C without the GIL; per simulation the only Python work is one call of
+`recurrent_fn` and a few C-API checks on what it returns.
+
+Arithmetic is done in double precision in a fixed operation order (MuZero's pseudocode order);
+the pure-Python reference in `tests/mcts_reference.py` uses the same order, so the two agree
+bit for bit and break ties the same way (lowest action index). (That holds for the default
+build: SSE2 doubles, no -ffast-math; a build that contracts a*b+c into FMA may differ from the
+reference in the last bit, which can only flip near-exact ties.)
+
+Inputs are validated in `cython_mcts/__init__.py`; this module trusts their shapes and dtypes
+(they are checked again cheaply here so that nothing reachable from Python can read out of
+bounds), and validates the outputs of `recurrent_fn` itself.
+"""
+
+import numpy as np
+
+cimport numpy as cnp
+from libc.math cimport exp, isfinite, log, sqrt
+from libc.stdint cimport int32_t, int64_t, uint8_t
+
+cnp.import_array()
+
+ctypedef cnp.npy_intp intp
+
+
+cdef struct Search:
+    # Sizes and settings.
+    intp B
+    intp A
+    intp M                      # node slots per root (num_simulations + 1)
+    double discount
+    double pb_c_base
+    double pb_c_init
+    double value_delta_max
+    bint value_prefix
+    intp horizon
+    # Per edge [B, M, A].
+    int32_t* child              # node id of the child, 0 when not expanded
+    double* prior
+    # Per node [B, M].
+    int32_t* visits
+    double* value_sum
+    double* reward              # reward on the edge into the node (0 for the root)
+    double* prefix              # value prefix as returned by recurrent_fn (0 for the root)
+    int32_t* depth
+    int32_t* parent
+    # Per root [B]: min-max statistics and the leaf chosen by the last selection.
+    double* vmin
+    double* vmax
+    int32_t* pend_parent
+    int32_t* pend_action
+    uint8_t* legal              # [B, A] root legal mask
+    double* qbuf                # [A] scratch
+
+
+cdef inline double normalize(const Search* st, intp b, double q) noexcept nogil:
+    """Min-max normalised Q clipped to [0, 1] (Q itself, clipped, while max <= min)."""
+    cdef double lo = st.vmin[b]
+    cdef double hi = st.vmax[b]
+    cdef double delta
+    if hi > lo:
+        delta = hi - lo
+        if delta < st.value_delta_max:
+            delta = st.value_delta_max
+        q = (q - lo) / delta
+    if q < 0.0:
+        q = 0.0
+    if q > 1.0:
+        q = 1.0
+    return q
+
+
+cdef inline void update_minmax(Search* st, intp b, double q) noexcept nogil:
+    if q < st.vmin[b]:
+        st.vmin[b] = q
+    if q > st.vmax[b]:
+        st.vmax[b] = q
+
+
+cdef void select_leaf(Search* st, intp b) noexcept nogil:
+    """Descends root `b` to an unexpanded edge; stores it in pend_parent/pend_action."""
+    cdef intp A = st.A
+    cdef intp base_node = b * st.M
+    cdef intp node = 0
+    cdef intp edge, a, best_a, ci
+    cdef int32_t c
+    cdef int32_t n
+    cdef int count
+    cdef double mean_q = 0.0
+    cdef double sum_q, q, qn, m_n, parent_n, pb_c, sqrt_n, score, best
+    cdef bint first
+    while True:
+        edge = (base_node + node) * A
+        # Q of the visited (expanded) children and the mean Q used for unvisited ones.
+        sum_q = 0.0
+        count = 0
+        for a in range(A):
+            c = st.child[edge + a]
+            if c != 0:
+                ci = base_node + c
+                q = st.reward[ci] + st.discount * (st.value_sum[ci] / st.visits[ci])
+                st.qbuf[a] = q
+                sum_q = sum_q + q
+                count += 1
+        if node == 0:
+            if count > 0:
+                mean_q = sum_q / count
+            else:
+                mean_q = 0.0
+        else:
+            mean_q = (mean_q + sum_q) / (1 + count)
+        m_n = normalize(st, b, mean_q)
+        parent_n = <double>st.visits[base_node + node]
+        pb_c = log((parent_n + st.pb_c_base + 1.0) / st.pb_c_base) + st.pb_c_init
+        sqrt_n = sqrt(parent_n)
+        best = 0.0
+        best_a = -1
+        first = True
+        for a in range(A):
+            if node == 0 and not st.legal[b * A + a]:
+                continue
+            c = st.child[edge + a]
+            if c != 0:
+                qn = normalize(st, b, st.qbuf[a])
+                n = st.visits[base_node + c]
+            else:
+                qn = m_n
+                n = 0
+            score = qn + (pb_c * (sqrt_n / (n + 1.0))) * st.prior[edge + a]
+            if first or score > best:
+                best = score
+                best_a = a
+                first = False
+        if best_a < 0:          # unreachable: every root has a legal action (checked upstream)
+            best_a = 0
+        c = st.child[edge + best_a]
+        if c == 0:
+            st.pend_parent[b] = <int32_t>node
+            st.pend_action[b] = <int32_t>best_a
+            return
+        node = c
+
+
+cdef void expand_backup(Search* st, intp b, intp sim, const float* vp, const float* val,
+                        const float* logits) noexcept nogil:
+    """Makes node `sim` of root `b` from the pending edge, then backs its value up to the root."""
+    cdef intp A = st.A
+    cdef intp base_node = b * st.M
+    cdef intp p = st.pend_parent[b]
+    cdef intp a = st.pend_action[b]
+    cdef intp ni = base_node + sim
+    cdef intp pi = base_node + p
+    cdef intp k, node, i
+    cdef double r, mx, total, e, v, q
+    cdef double* pr
+    cdef const float* lg
+    st.child[pi * A + a] = <int32_t>sim
+    st.parent[ni] = <int32_t>p
+    st.depth[ni] = st.depth[pi] + 1
+    r = <double>vp[b]
+    st.prefix[ni] = r
+    if st.value_prefix and (st.depth[pi] % st.horizon) != 0:
+        r = r - st.prefix[pi]
+    st.reward[ni] = r
+    # Priors of the new node: softmax of its logits over all actions.
+    lg = logits + b * A
+    pr = st.prior + ni * A
+    mx = <double>lg[0]
+    for k in range(1, A):
+        if <double>lg[k] > mx:
+            mx = <double>lg[k]
+    total = 0.0
+    for k in range(A):
+        e = exp(<double>lg[k] - mx)
+        pr[k] = e
+        total = total + e
+    for k in range(A):
+        pr[k] = pr[k] / total
+    # Backup, leaf to root (MuZero's pseudocode).
+    v = <double>val[b]
+    node = sim
+    while True:
+        i = base_node + node
+        st.value_sum[i] = st.value_sum[i] + v
+        st.visits[i] = st.visits[i] + 1
+        q = st.reward[i] + st.discount * (st.value_sum[i] / st.visits[i])
+        update_minmax(st, b, q)
+        if node == 0:
+            break
+        v = st.reward[i] + st.discount * v
+        node = st.parent[i]
+
+
+cdef intp first_nonfinite(const float* x, intp n) noexcept nogil:
+    cdef intp i
+    for i in range(n):
+        if not isfinite(x[i]):
+            return i
+    return -1
+
+
+cdef inline bint _is_plain_f32(object obj):
+    return (cnp.PyArray_CheckExact(obj)
+            and cnp.PyArray_TYPE(<cnp.ndarray>obj) == cnp.NPY_FLOAT32
+            and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>obj))
+
+
+cdef cnp.ndarray _output_f32(object obj, str name, intp B, intp A):
+    """`recurrent_fn`'s output `name` as a C-contiguous float32 array of shape [B] (A < 0) or [B, A].
+
+    Fast path: already such an array (no copy). Otherwise any real floating array is converted.
+    """
+    cdef cnp.ndarray arr
+    cdef str expected = f"float32 [B={B}]" if A < 0 else f"float32 [B={B}, A={A}]"
+    if _is_plain_f32(obj):
+        arr = <cnp.ndarray>obj
+    else:
+        try:
+            tmp = np.asarray(obj)
+        except Exception as exc:  # e.g. a CUDA tensor
+            raise ValueError(
+                f"recurrent_fn must return ({name}, ...) as an array of {expected}; "
+                f"could not convert a {type(obj).__name__}: {exc}") from exc
+        if tmp.dtype.kind != "f":
+            raise ValueError(
+                f"recurrent_fn output {name} must be {expected}, got dtype {tmp.dtype}")
+        with np.errstate(over="ignore"):  # float64 overflow -> inf, refused below
+            arr = np.ascontiguousarray(tmp, dtype=np.float32)
+    if A < 0:
+        if cnp.PyArray_NDIM(arr) != 1 or cnp.PyArray_DIMS(arr)[0] != B:
+            raise ValueError(
+                f"recurrent_fn output {name} must be {expected}, got shape "
+                f"{(<object>arr).shape}")
+    else:
+        if (cnp.PyArray_NDIM(arr) != 2 or cnp.PyArray_DIMS(arr)[0] != B
+                or cnp.PyArray_DIMS(arr)[1] != A):
+            raise ValueError(
+                f"recurrent_fn output {name} must be {expected}, got shape "
+                f"{(<object>arr).shape}")
+    return arr
+
+
+cdef cnp.ndarray _buffer(intp n, object dtype):
+    return np.zeros(n, dtype=dtype)
+
+
+def search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn,
+           intp num_simulations, double discount, double pb_c_base, double pb_c_init,
+           double root_exploration_fraction, bint value_prefix, intp lstm_horizon_len,
+           double value_delta_max, object noise, cnp.ndarray legal):
+    """Runs the batched search. Low level: use `cython_mcts.run_mcts`, which validates inputs.
+
+    Args:
+        root_logits: float32 [B, A], C-contiguous, finite.
+        root_values: float32 [B], C-contiguous, finite.
+        recurrent_fn: (parent_ids int64[B], actions int64[B], depths int64[B])
+            -> (value_prefix float32[B], value float32[B], logits float32[B, A]).
+        noise: float32 [B, A] C-contiguous, finite, >= 0, positive on some legal action; or None.
+        legal: uint8 [B, A] C-contiguous (0/1), at least one 1 per row.
+
+    Returns:
+        (visit_counts int32 [B, A], root_values float32 [B]).
+    """
+    # Defensive re-checks: the Python layer validates, but nothing here may read out of bounds.
+    if not _is_plain_f32(root_logits) or cnp.PyArray_NDIM(root_logits) != 2:
+        raise ValueError("root_logits must be a C-contiguous float32 [B, A] array")
+    cdef intp B = cnp.PyArray_DIMS(root_logits)[0]
+    cdef intp A = cnp.PyArray_DIMS(root_logits)[1]
+    if B < 1 or A < 1:
+        raise ValueError(f"root_logits must have B >= 1 and A >= 1, got shape ({B}, {A})")
+    if (not _is_plain_f32(root_values) or cnp.PyArray_NDIM(root_values) != 1
+            or cnp.PyArray_DIMS(root_values)[0] != B):
+        raise ValueError(f"root_values must be a C-contiguous float32 [B={B}] array")
+    if (not cnp.PyArray_CheckExact(legal) or cnp.PyArray_TYPE(legal) != cnp.NPY_UINT8
+            or not cnp.PyArray_ISCARRAY_RO(legal) or cnp.PyArray_NDIM(legal) != 2
+            or cnp.PyArray_DIMS(legal)[0] != B or cnp.PyArray_DIMS(legal)[1] != A):
+        raise ValueError(f"legal must be a C-contiguous uint8 [B={B}, A={A}] array")
+    if noise is not None and (not _is_plain_f32(noise) or cnp.PyArray_NDIM(noise) != 2
+                              or cnp.PyArray_DIMS(noise)[0] != B
+                              or cnp.PyArray_DIMS(noise)[1] != A):
+        raise ValueError(f"noise must be None or a C-contiguous float32 [B={B}, A={A}] array")
+    if num_simulations < 1 or num_simulations >= 2**31 - 1:
+        raise ValueError(f"num_simulations must be in [1, 2**31 - 2], got {num_simulations}")
+    if lstm_horizon_len < 1:
+        raise ValueError(f"lstm_horizon_len must be >= 1, got {lstm_horizon_len}")
+    if not callable(recurrent_fn):
+        raise ValueError("recurrent_fn must be callable")
+
+    cdef intp M = num_simulations + 1
+    cdef intp b, a, i, sim, bad
+    cdef const uint8_t* legal_p = <const uint8_t*>cnp.PyArray_DATA(legal)
+    cdef const float* rl = <const float*>cnp.PyArray_DATA(root_logits)
+    cdef const float* rv = <const float*>cnp.PyArray_DATA(root_values)
+    cdef const float* nz = NULL
+    cdef int c
+    for b in range(B):
+        c = 0
+        for a in range(A):
+            c |= legal_p[b * A + a]
+        if not c:
+            raise ValueError(f"legal_actions: root {b} has no legal action")
+    if noise is not None:
+        nz = <const float*>cnp.PyArray_DATA(<cnp.ndarray>noise)
+
+    # Preallocated storage for the whole search (numpy owns the memory; zero-initialised).
+    cdef cnp.ndarray child_a = _buffer(B * M * A, np.int32)
+    cdef cnp.ndarray prior_a = _buffer(B * M * A, np.float64)
+    cdef cnp.ndarray visits_a = _buffer(B * M, np.int32)
+    cdef cnp.ndarray vsum_a = _buffer(B * M, np.float64)
+    cdef cnp.ndarray reward_a = _buffer(B * M, np.float64)
+    cdef cnp.ndarray prefix_a = _buffer(B * M, np.float64)
+    cdef cnp.ndarray depth_a = _buffer(B * M, np.int32)
+    cdef cnp.ndarray parent_a = _buffer(B * M, np.int32)
+    cdef cnp.ndarray vmin_a = _buffer(B, np.float64)
+    cdef cnp.ndarray vmax_a = _buffer(B, np.float64)
+    cdef cnp.ndarray pp_a = _buffer(B, np.int32)
+    cdef cnp.ndarray pa_a = _buffer(B, np.int32)
+    cdef cnp.ndarray legal_copy = np.array(legal, dtype=np.uint8, copy=True)
+    cdef cnp.ndarray qbuf_a = _buffer(A, np.float64)
+
+    cdef Search st
+    st.B = B
+    st.A = A
+    st.M = M
+    st.discount = discount
+    st.pb_c_base = pb_c_base
+    st.pb_c_init = pb_c_init
+    st.value_delta_max = value_delta_max
+    st.value_prefix = value_prefix
+    st.horizon = lstm_horizon_len
+    st.child = <int32_t*>cnp.PyArray_DATA(child_a)
+    st.prior = <double*>cnp.PyArray_DATA(prior_a)
+    st.visits = <int32_t*>cnp.PyArray_DATA(visits_a)
+    st.value_sum = <double*>cnp.PyArray_DATA(vsum_a)
+    st.reward = <double*>cnp.PyArray_DATA(reward_a)
+    st.prefix = <double*>cnp.PyArray_DATA(prefix_a)
+    st.depth = <int32_t*>cnp.PyArray_DATA(depth_a)
+    st.parent = <int32_t*>cnp.PyArray_DATA(parent_a)
+    st.vmin = <double*>cnp.PyArray_DATA(vmin_a)
+    st.vmax = <double*>cnp.PyArray_DATA(vmax_a)
+    st.pend_parent = <int32_t*>cnp.PyArray_DATA(pp_a)
+    st.pend_action = <int32_t*>cnp.PyArray_DATA(pa_a)
+    st.legal = <uint8_t*>cnp.PyArray_DATA(legal_copy)
+    st.qbuf = <double*>cnp.PyArray_DATA(qbuf_a)
+
+    cdef double frac = root_exploration_fraction
+    cdef double mx, total, e, v0, nsum
+    cdef double* pr
+    with nogil:
+        for b in range(B):
+            # Root priors: softmax over the legal actions, then the noise (renormalised over the
+            # legal actions) mixed in.
+            pr = st.prior + (b * M) * A
+            mx = 0.0
+            c = 0
+            for a in range(A):
+                if st.legal[b * A + a] and (c == 0 or <double>rl[b * A + a] > mx):
+                    mx = <double>rl[b * A + a]
+                    c = 1
+            total = 0.0
+            for a in range(A):
+                if st.legal[b * A + a]:
+                    e = exp(<double>rl[b * A + a] - mx)
+                    pr[a] = e
+                    total = total + e
+                else:
+                    pr[a] = 0.0
+            for a in range(A):
+                if st.legal[b * A + a]:
+                    pr[a] = pr[a] / total
+            if nz != NULL:
+                nsum = 0.0
+                for a in range(A):
+                    if st.legal[b * A + a]:
+                        nsum = nsum + <double>nz[b * A + a]
+                if nsum > 0.0:
+                    for a in range(A):
+                        if st.legal[b * A + a]:
+                            pr[a] = (1.0 - frac) * pr[a] + frac * (<double>nz[b * A + a] / nsum)
+            # The root as if its predicted value had been backed up once.
+            v0 = <double>rv[b]
+            st.visits[b * M] = 1
+            st.value_sum[b * M] = v0
+            st.vmin[b] = st.reward[b * M] + st.discount * (v0 / 1.0)
+            st.vmax[b] = st.vmin[b]
+            select_leaf(&st, b)
+
+    cdef cnp.npy_intp dims[1]
+    dims[0] = B
+    cdef cnp.ndarray parent_ids, actions, depths
+    cdef int64_t* pid_p
+    cdef int64_t* act_p
+    cdef int64_t* dep_p
+    cdef cnp.ndarray vp_arr, val_arr, lg_arr
+    cdef const float* vp_p
+    cdef const float* val_p
+    cdef const float* lg_p
+    cdef intp bad_vp, bad_val, bad_lg
+    for sim in range(1, M):
+        # Fresh arrays each call: the callback may keep them.
+        parent_ids = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        actions = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        depths = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        pid_p = <int64_t*>cnp.PyArray_DATA(parent_ids)
+        act_p = <int64_t*>cnp.PyArray_DATA(actions)
+        dep_p = <int64_t*>cnp.PyArray_DATA(depths)
+        for b in range(B):
+            pid_p[b] = st.pend_parent[b]
+            act_p[b] = st.pend_action[b]
+            dep_p[b] = st.depth[b * M + st.pend_parent[b]] + 1
+        result = recurrent_fn(parent_ids, actions, depths)
+        try:
+            out_vp, out_val, out_lg = result
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                "recurrent_fn must return a tuple (value_prefix float32[B], value float32[B], "
+                f"logits float32[B, A]); got {type(result).__name__}") from exc
+        vp_arr = _output_f32(out_vp, "value_prefix", B, -1)
+        val_arr = _output_f32(out_val, "value", B, -1)
+        lg_arr = _output_f32(out_lg, "logits", B, A)
+        vp_p = <const float*>cnp.PyArray_DATA(vp_arr)
+        val_p = <const float*>cnp.PyArray_DATA(val_arr)
+        lg_p = <const float*>cnp.PyArray_DATA(lg_arr)
+        with nogil:
+            bad_vp = first_nonfinite(vp_p, B)
+            bad_val = first_nonfinite(val_p, B)
+            bad_lg = first_nonfinite(lg_p, B * A)
+            if bad_vp < 0 and bad_val < 0 and bad_lg < 0:
+                for b in range(B):
+                    expand_backup(&st, b, sim, vp_p, val_p, lg_p)
+                    if sim + 1 < M:
+                        select_leaf(&st, b)
+        if bad_vp >= 0 or bad_val >= 0 or bad_lg >= 0:
+            if bad_vp >= 0:
+                name, where = "value_prefix", f"[{bad_vp}]"
+            elif bad_val >= 0:
+                name, where = "value", f"[{bad_val}]"
+            else:
+                name, where = "logits", f"[{bad_lg // A}, {bad_lg % A}]"
+            raise ValueError(
+                f"recurrent_fn output {name} has a non-finite value at {where} "
+                f"(simulation {sim})")
+
+    cdef cnp.ndarray counts = np.zeros((B, A), dtype=np.int32)
+    cdef cnp.ndarray values = np.empty(B, dtype=np.float32)
+    cdef int32_t* counts_p = <int32_t*>cnp.PyArray_DATA(counts)
+    cdef float* values_p = <float*>cnp.PyArray_DATA(values)
+    cdef int32_t ch
+    with nogil:
+        for b in range(B):
+            for a in range(A):
+                ch = st.child[(b * M) * A + a]
+                if ch != 0:
+                    counts_p[b * A + a] = st.visits[b * M + ch]
+            values_p[b] = <float>(st.value_sum[b * M] / st.visits[b * M])
+    return counts, values
