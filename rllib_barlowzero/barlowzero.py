@@ -1,0 +1,553 @@
+"""BarlowZeroConfig: every hyperparameter of the paper's Table 2, with the table's defaults."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
+from ray.tune.registry import register_env
+
+from rllib_barlowzero.env.atari import atari_env_creator, is_atari_env_id
+from rllib_barlowzero.env.frame_stacking import FrameStackingEnvToModule
+from rllib_barlowzero.reanalyze import Reanalyzer
+from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer
+from rllib_barlowzero.torch.barlowzero_torch_learner import NEW_PRIORITIES
+from rllib_barlowzero.torch.barlowzero_torch_rl_module import MCTS_POLICY, ROOT_VALUE
+
+CONSISTENCY_LOSSES = ("barlow", "simsiam", "none")
+AUGMENTATIONS = ("shift", "intensity")
+LR_SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS = ("sgd", "adam")
+
+# Table 2 of the paper (snake_case names, the table's values), plus the search and replay settings
+# the paper takes from EfficientZero. Everything here is a `.training(...)` argument.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    # Table 2
+    "auto_td_steps_ratio": 0.3,
+    "max_moves": 3000,
+    "history_length": 400,
+    "discount": 0.997**4,
+    "training_steps": 120_000,
+    "batch_size": 64,
+    "num_unroll_steps": 5,
+    "td_steps": 5,
+    "stacked_observations": 4,
+    "lstm_hidden_size": 512,
+    "lstm_horizon_len": 5,
+    "reward_loss_coeff": 1.0,
+    "value_loss_coeff": 0.25,
+    "policy_loss_coeff": 10.0,
+    "consistency_loss_coeff": 0.001,
+    "optimizer": "sgd",
+    "lr_schedule": "cosine",
+    "weight_decay": 5e-4,
+    "momentum": 0.9,
+    "priority_prob_alpha": 0.0,
+    "priority_prob_beta": 0.4,
+    "prioritized_replay_eps": 1e-6,
+    "proj_hid": 1024,
+    "proj_out": 1024,
+    "pred_hid": 512,
+    "pred_out": 1024,
+    "bn_mt": 0.1,
+    "blocks": 1,
+    "channels": 64,
+    "reduced_channels_reward": 16,
+    "reduced_channels_value": 16,
+    "reduced_channels_policy": 16,
+    "resnet_fc_reward_layers": [32],
+    "resnet_fc_value_layers": [32],
+    "resnet_fc_policy_layers": [32],
+    "augmentation": ["shift", "intensity"],
+    "revisit_policy_search_rate": 0.99,
+    # The consistency loss: the paper's switch between BarlowZero, EfficientZero and MuZero.
+    "consistency_loss": "barlow",
+    "barlow_lambda": 0.0051,
+    # Search (MuZero / EfficientZero values).
+    "num_simulations": 50,
+    "dirichlet_alpha": 0.3,
+    "root_exploration_fraction": 0.25,
+    "pb_c_base": 19652,
+    "pb_c_init": 1.25,
+    "value_delta_max": 0.01,
+    "support_size": 300,
+    # Vector observations (classic control) use an MLP representation of these widths.
+    "mlp_hidden_layers": [64, 64],
+    # Learner and replay.
+    "target_update_interval": 200,
+    "lr_warmup_steps": 1000,
+    "replay_capacity": 100_000,
+    "replay_ratio": 1.2,
+    "num_steps_sampled_before_learning_starts": 2000,
+    "total_env_steps": 100_000,
+}
+
+# Keys the RLModule needs (merged into its model_config).
+MODEL_KEYS = (
+    "consistency_loss",
+    "channels",
+    "blocks",
+    "reduced_channels_reward",
+    "reduced_channels_value",
+    "reduced_channels_policy",
+    "resnet_fc_reward_layers",
+    "resnet_fc_value_layers",
+    "resnet_fc_policy_layers",
+    "lstm_hidden_size",
+    "support_size",
+    "proj_hid",
+    "proj_out",
+    "pred_hid",
+    "pred_out",
+    "bn_mt",
+    "mlp_hidden_layers",
+    "num_simulations",
+    "discount",
+    "pb_c_base",
+    "pb_c_init",
+    "root_exploration_fraction",
+    "dirichlet_alpha",
+    "value_delta_max",
+    "lstm_horizon_len",
+    "training_steps",
+)
+
+
+class BarlowZeroConfig(AlgorithmConfig):
+    """Configuration of BarlowZero (and, by `consistency_loss`, EfficientZero and MuZero).
+
+    Example:
+        config = (BarlowZeroConfig()
+                  .environment("BreakoutNoFrameskip-v4")
+                  .env_runners(num_env_runners=2, num_envs_per_env_runner=8)
+                  .learners(num_learners=1, num_gpus_per_learner=1)
+                  .training(consistency_loss="barlow", lr=0.01, batch_size=64))
+        algo = config.build_algo()
+    """
+
+    def __init__(self, algo_class: type | None = None) -> None:
+        super().__init__(algo_class=algo_class or BarlowZero)
+        for key, value in TRAINING_DEFAULTS.items():
+            setattr(self, key, list(value) if isinstance(value, list) else value)
+        # Base-class fields with BarlowZero's values.
+        self.lr = 0.01
+        self.gamma = self.discount
+        self.grad_clip = 5.0
+        self.grad_clip_by = "global_norm"
+        self.train_batch_size = self.batch_size
+        self.rollout_fragment_length = 50
+        self.batch_mode = "truncate_episodes"
+        self.num_env_runners = 0
+        self.num_envs_per_env_runner = 8
+        # Evaluation: whole games without noise, the paper's 32 episodes.
+        self.evaluation_duration = 32
+        self.evaluation_duration_unit = "episodes"
+        self.evaluation_config = {"explore": False}
+
+    # Episodes keep single frames; the env runners need the last n-1 of them to stack.
+    @property
+    def episode_lookback_horizon(self) -> int:
+        return max(self._episode_lookback_horizon, self.stacked_observations - 1)
+
+    @episode_lookback_horizon.setter
+    def episode_lookback_horizon(self, value: int) -> None:
+        self._episode_lookback_horizon = value
+
+    def training(
+        self,
+        *,
+        auto_td_steps_ratio: float = NotProvided,
+        max_moves: int = NotProvided,
+        history_length: int = NotProvided,
+        discount: float = NotProvided,
+        training_steps: int = NotProvided,
+        batch_size: int = NotProvided,
+        num_unroll_steps: int = NotProvided,
+        td_steps: int = NotProvided,
+        stacked_observations: int = NotProvided,
+        lstm_hidden_size: int = NotProvided,
+        lstm_horizon_len: int = NotProvided,
+        reward_loss_coeff: float = NotProvided,
+        value_loss_coeff: float = NotProvided,
+        policy_loss_coeff: float = NotProvided,
+        consistency_loss_coeff: float = NotProvided,
+        optimizer: str = NotProvided,
+        lr_schedule: str = NotProvided,
+        weight_decay: float = NotProvided,
+        momentum: float = NotProvided,
+        priority_prob_alpha: float = NotProvided,
+        priority_prob_beta: float = NotProvided,
+        prioritized_replay_eps: float = NotProvided,
+        proj_hid: int = NotProvided,
+        proj_out: int = NotProvided,
+        pred_hid: int = NotProvided,
+        pred_out: int = NotProvided,
+        bn_mt: float = NotProvided,
+        blocks: int = NotProvided,
+        channels: int = NotProvided,
+        reduced_channels_reward: int = NotProvided,
+        reduced_channels_value: int = NotProvided,
+        reduced_channels_policy: int = NotProvided,
+        resnet_fc_reward_layers: list[int] = NotProvided,
+        resnet_fc_value_layers: list[int] = NotProvided,
+        resnet_fc_policy_layers: list[int] = NotProvided,
+        augmentation: list[str] = NotProvided,
+        revisit_policy_search_rate: float = NotProvided,
+        consistency_loss: str = NotProvided,
+        barlow_lambda: float = NotProvided,
+        num_simulations: int = NotProvided,
+        dirichlet_alpha: float = NotProvided,
+        root_exploration_fraction: float = NotProvided,
+        pb_c_base: float = NotProvided,
+        pb_c_init: float = NotProvided,
+        value_delta_max: float = NotProvided,
+        support_size: int = NotProvided,
+        mlp_hidden_layers: list[int] = NotProvided,
+        target_update_interval: int = NotProvided,
+        lr_warmup_steps: int = NotProvided,
+        replay_capacity: int = NotProvided,
+        replay_ratio: float = NotProvided,
+        num_steps_sampled_before_learning_starts: int = NotProvided,
+        total_env_steps: int = NotProvided,
+        **kwargs,
+    ) -> BarlowZeroConfig:
+        """Sets the training hyperparameters.
+
+        Args (beyond RLlib's own `lr`, `grad_clip`, ...; defaults are the paper's Table 2):
+            consistency_loss: "barlow" (BarlowZero), "simsiam" (EfficientZero) or "none" (MuZero
+                with a value prefix).
+            batch_size: training batch size B (the paper: 64).
+            training_steps: gradient steps of the whole run; the cosine schedule spans them.
+            num_unroll_steps, td_steps, discount: K, n and the per-agent-step discount.
+            revisit_policy_search_rate: share of samples whose policy target is re-searched with
+                the target model (reanalyze).
+            optimizer: "sgd" (the paper) or "adam"; lr_schedule: "cosine" (the paper), "step"
+                (EfficientZero: linear warm-up over `lr_warmup_steps`, x0.1 at 80% of training) or
+                "constant".
+            replay_capacity: replay size in env steps. replay_ratio: training steps per env step.
+            num_steps_sampled_before_learning_starts: warm-up env steps before training.
+            total_env_steps: env steps collected in all (Atari 100k: 100,000); training goes on
+                to `training_steps` afterwards.
+            target_update_interval: gradient steps between target-model refreshes.
+            All other names follow the paper's Table 2.
+        """
+        super().training(**kwargs)
+        for key, value in locals().items():
+            if key in TRAINING_DEFAULTS and value is not NotProvided:
+                setattr(self, key, value)
+        if discount is not NotProvided:
+            self.gamma = discount
+        if batch_size is not NotProvided:
+            self.train_batch_size = batch_size
+        return self
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.enable_rl_module_and_learner:
+            self._value_error("BarlowZero runs on RLlib's new API stack only.")
+        _validate_training_values(self)
+
+    def build_env_to_module_connector(self, env=None, spaces=None, device=None):
+        pipeline = super().build_env_to_module_connector(env=env, spaces=spaces, device=device)
+        pipeline.prepend(FrameStackingEnvToModule(num_frames=self.stacked_observations))
+        return pipeline
+
+    def get_evaluation_config_object(self) -> AlgorithmConfig | None:
+        eval_config = super().get_evaluation_config_object()
+        if eval_config is not None and isinstance(self.env, str) and is_atari_env_id(self.env):
+            # Evaluation plays whole games with raw scores.
+            eval_config.env_config = {**eval_config.env_config, "training": False}
+        return eval_config
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        from rllib_barlowzero.torch.barlowzero_torch_rl_module import BarlowZeroTorchRLModule
+
+        return RLModuleSpec(module_class=BarlowZeroTorchRLModule)
+
+    def get_default_learner_class(self) -> type:
+        from rllib_barlowzero.torch.barlowzero_torch_learner import BarlowZeroTorchLearner
+
+        return BarlowZeroTorchLearner
+
+    @property
+    def _model_config_auto_includes(self) -> dict[str, Any]:
+        return super()._model_config_auto_includes | {k: getattr(self, k) for k in MODEL_KEYS}
+
+
+def _validate_training_values(config: BarlowZeroConfig) -> None:
+    """Refuses values outside their ranges with a message naming the key."""
+
+    def fail(key: str, allowed: str) -> None:
+        raise ValueError(
+            f"BarlowZeroConfig: `{key}`={getattr(config, key)!r} is invalid; expected {allowed}."
+        )
+
+    positive_ints = (
+        "max_moves history_length training_steps batch_size num_unroll_steps td_steps "
+        "stacked_observations lstm_hidden_size lstm_horizon_len proj_hid proj_out pred_hid "
+        "pred_out channels reduced_channels_reward reduced_channels_value "
+        "reduced_channels_policy num_simulations support_size target_update_interval "
+        "replay_capacity total_env_steps"
+    ).split()
+    for key in positive_ints:
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail(key, "an integer >= 1")
+    for key in ("blocks", "lr_warmup_steps", "num_steps_sampled_before_learning_starts"):
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail(key, "an integer >= 0")
+    unit_interval = (
+        "discount revisit_policy_search_rate root_exploration_fraction priority_prob_beta "
+        "momentum bn_mt"
+    ).split()
+    for key in unit_interval:
+        if not _is_real(getattr(config, key)) or not 0.0 <= getattr(config, key) <= 1.0:
+            fail(key, "a number in [0, 1]")
+    non_negative = (
+        "reward_loss_coeff value_loss_coeff policy_loss_coeff consistency_loss_coeff "
+        "weight_decay priority_prob_alpha prioritized_replay_eps barlow_lambda value_delta_max"
+    ).split()
+    for key in non_negative:
+        if not _is_real(getattr(config, key)) or getattr(config, key) < 0:
+            fail(key, "a number >= 0")
+    strictly_positive = "auto_td_steps_ratio dirichlet_alpha pb_c_base pb_c_init replay_ratio"
+    for key in strictly_positive.split():
+        if not _is_real(getattr(config, key)) or getattr(config, key) <= 0:
+            fail(key, "a number > 0")
+    if not _is_real(config.lr) or config.lr <= 0:
+        fail("lr", "a number > 0 (the schedule is set by `lr_schedule`, not by an lr list)")
+    for key in ("resnet_fc_reward_layers", "resnet_fc_value_layers", "resnet_fc_policy_layers",
+                "mlp_hidden_layers"):
+        value = getattr(config, key)
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+        ):
+            fail(key, "a list of integers >= 1")
+    for key, known in (
+        ("consistency_loss", CONSISTENCY_LOSSES),
+        ("lr_schedule", LR_SCHEDULES),
+        ("optimizer", OPTIMIZERS),
+    ):
+        if getattr(config, key) not in known:
+            fail(key, f"one of {list(known)}")
+    if not isinstance(config.augmentation, list | tuple) or any(
+        a not in AUGMENTATIONS for a in config.augmentation
+    ):
+        fail("augmentation", f"a list drawn from {list(AUGMENTATIONS)}")
+    if config.consistency_loss == "barlow" and config.batch_size < 2:
+        fail("batch_size", "at least 2 with consistency_loss='barlow' (a batch statistic)")
+    if config.num_steps_sampled_before_learning_starts > config.replay_capacity:
+        fail("num_steps_sampled_before_learning_starts", "at most `replay_capacity`")
+    if config.num_learners > 1 and config.batch_size % config.num_learners:
+        fail("batch_size", f"a multiple of num_learners={config.num_learners}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class BarlowZero(Algorithm):
+    """BarlowZero: MuZero with a value prefix, reanalyze and a Barlow Twins consistency loss.
+
+    One `training_step`: collect a rollout with the search-driven env runners (until
+    `total_env_steps`), add it to the game-segment replay buffer, then run `replay_ratio` gradient
+    steps per new env step: sample windows, reanalyze them with the target model into targets,
+    update the learners, send new priorities back. Weights go to the env runners each iteration;
+    the target model is refreshed every `target_update_interval` gradient steps.
+    """
+
+    @classmethod
+    @override(Algorithm)
+    def get_default_config(cls) -> BarlowZeroConfig:
+        return BarlowZeroConfig()
+
+    @override(Algorithm)
+    def setup(self, config: AlgorithmConfig) -> None:
+        register_env_if_atari(config.env, config.max_moves)
+        super().setup(config)
+        cfg = self.config
+        self.replay_buffer = GameSegmentReplayBuffer(
+            capacity=cfg.replay_capacity,
+            history_length=cfg.history_length,
+            stacked_observations=cfg.stacked_observations,
+            num_unroll_steps=cfg.num_unroll_steps,
+            td_steps=cfg.td_steps,
+            priority_prob_alpha=cfg.priority_prob_alpha,
+            priority_prob_beta=cfg.priority_prob_beta,
+            prioritized_replay_eps=cfg.prioritized_replay_eps,
+            seed=cfg.seed,
+        )
+        device = "cuda" if cfg.num_gpus_per_learner > 0 and torch.cuda.is_available() else "cpu"
+        self.reanalyzer = Reanalyzer(self._build_network(), cfg, device=device, seed=cfg.seed)
+        self._refresh_target_model()
+        self._training_steps_done = 0
+        self._updates_owed = 0.0
+        self._weights_step = 0  # the gradient step of the weights the env runners play with
+
+    def _build_network(self) -> torch.nn.Module:
+        """A fresh inference-only network with the module's spaces (to hold target weights)."""
+        spec = self.config.get_rl_module_spec(
+            env=None,
+            spaces=self.env_runner_group.get_spaces(),
+            inference_only=True,
+        )
+        return spec.build().network
+
+    def _refresh_target_model(self) -> None:
+        state = self.learner_group.get_state(
+            components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{DEFAULT_MODULE_ID}",
+            inference_only=True,
+        )[COMPONENT_LEARNER][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
+        prefix = "network."
+        self.reanalyzer.set_weights(
+            {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+
+    @override(Algorithm)
+    def training_step(self) -> None:
+        cfg = self.config
+        sampled_before = self.metrics.peek(
+            (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
+        )
+        new_steps = 0
+        if sampled_before < cfg.total_env_steps:
+            with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+                episodes, runner_results = synchronous_parallel_sample(
+                    worker_set=self.env_runner_group,
+                    max_env_steps=cfg.rollout_fragment_length
+                    * cfg.num_envs_per_env_runner
+                    * max(1, cfg.num_env_runners),
+                    sample_timeout_s=cfg.sample_timeout_s,
+                    _uses_new_env_runners=True,
+                    _return_metrics=True,
+                )
+            self.metrics.aggregate(runner_results, key=ENV_RUNNER_RESULTS)
+            for episode in episodes:
+                new_steps += add_episode_chunk(self.replay_buffer, episode, self._weights_step)
+        else:
+            # Collection is over (the env-step budget): keep training at the same pace.
+            new_steps = cfg.rollout_fragment_length * cfg.num_envs_per_env_runner
+
+        if len(self.replay_buffer) >= max(cfg.num_steps_sampled_before_learning_starts,
+                                          cfg.batch_size):
+            self._updates_owed += cfg.replay_ratio * new_steps
+        num_updates = min(int(self._updates_owed), cfg.training_steps - self._training_steps_done)
+        self._updates_owed -= int(self._updates_owed)
+        for _ in range(max(0, num_updates)):
+            self._train_once()
+
+        if num_updates > 0:
+            with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+                self.env_runner_group.sync_weights(
+                    from_worker_or_learner_group=self.learner_group,
+                    policies=[DEFAULT_MODULE_ID],
+                    inference_only=True,
+                )
+            self._weights_step = self._training_steps_done
+        for key, value in self.replay_buffer.stats().items():
+            self.metrics.log_value(("replay_buffer", key), value, window=1)
+        self.metrics.log_value("training_steps_done", self._training_steps_done, window=1)
+
+    def _train_once(self) -> None:
+        cfg = self.config
+        with self.metrics.log_time((TIMERS, "reanalyze_time")):
+            windows = self.replay_buffer.sample(cfg.batch_size)
+            batch = self.reanalyzer.make_batch(windows, self._training_steps_done)
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            results = self.learner_group.update(
+                batch=MultiAgentBatch(
+                    {DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=cfg.batch_size
+                ),
+                timesteps={
+                    NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                        (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
+                    )
+                },
+            )
+        priorities = np.concatenate(
+            [np.asarray(r[DEFAULT_MODULE_ID].pop(NEW_PRIORITIES).peek()).reshape(-1)
+             for r in results]
+        )
+        self.replay_buffer.update_priorities(windows.indices, priorities)
+        self.metrics.aggregate(results, key=LEARNER_RESULTS)
+        self.metrics.log_value("td_steps_mean", float(batch["td_steps"].mean()), window=1)
+        self._training_steps_done += 1
+        if self._training_steps_done % cfg.target_update_interval == 0:
+            self._refresh_target_model()
+
+    @override(Algorithm)
+    def get_state(self, *args, **kwargs) -> dict[str, Any]:
+        state = super().get_state(*args, **kwargs)
+        state["barlowzero"] = {
+            "replay_buffer": self.replay_buffer.get_state(),
+            "reanalyzer_rng": self.reanalyzer.rng.bit_generator.state,
+            "target_model": {
+                k: v.cpu().numpy() for k, v in self.reanalyzer.target_network.state_dict().items()
+            },
+            "training_steps_done": self._training_steps_done,
+            "updates_owed": self._updates_owed,
+            "weights_step": self._weights_step,
+        }
+        return state
+
+    @override(Algorithm)
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        own = state.get("barlowzero")
+        if own is None:
+            return
+        self.replay_buffer.set_state(own["replay_buffer"])
+        self.reanalyzer.rng.bit_generator.state = own["reanalyzer_rng"]
+        self.reanalyzer.set_weights(own["target_model"])
+        self._training_steps_done = own["training_steps_done"]
+        self._updates_owed = own["updates_owed"]
+        self._weights_step = own["weights_step"]
+
+
+def add_episode_chunk(buffer: GameSegmentReplayBuffer, episode: Any, collected_at: int) -> int:
+    """Adds one RLlib `SingleAgentEpisode` chunk to the buffer; returns its number of steps."""
+    actions = np.asarray(episode.get_actions())
+    if len(actions) == 0 and not episode.is_done:
+        return 0
+    buffer.add_episode_chunk(
+        episode_id=str(episode.id_),
+        observations=np.asarray(episode.get_observations()),
+        actions=actions,
+        rewards=np.asarray(episode.get_rewards(), dtype=np.float32),
+        mcts_policy=np.asarray(episode.get_extra_model_outputs(MCTS_POLICY), dtype=np.float32),
+        root_values=np.asarray(episode.get_extra_model_outputs(ROOT_VALUE), dtype=np.float32),
+        terminated=bool(episode.is_terminated),
+        truncated=bool(episode.is_truncated),
+        collected_at=collected_at,
+    )
+    return len(actions)
+
+
+def register_env_if_atari(env: Any, max_moves: int) -> None:
+    """Routes ALE ids (e.g. BreakoutNoFrameskip-v4) through EfficientZero's Atari pipeline."""
+    if isinstance(env, str) and is_atari_env_id(env):
+        register_env(
+            env,
+            lambda env_config: atari_env_creator(
+                {"env_id": env, "max_moves": max_moves, **env_config}
+            ),
+        )

@@ -1,0 +1,141 @@
+"""Reanalyze: fresh training targets from the target model (EfficientZero, section 4.3).
+
+For a batch of sampled windows it computes
+  * value targets: n-step returns bootstrapped from the target model's value of the observation
+    n steps later, with n shrunk for old data (off-policy correction);
+  * policy targets: a fresh batched search with the target model for
+    `revisit_policy_search_rate` of the samples, the stored search policy for the rest;
+and assembles the learner's batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from cython_mcts import MCTSConfig
+from rllib_barlowzero.replay_buffer import SampledWindows
+from rllib_barlowzero.targets import (
+    bootstrap_positions,
+    make_unroll_targets,
+    off_policy_td_steps,
+)
+from rllib_barlowzero.torch.search import search
+
+
+def gather_stacks(frames: np.ndarray, positions: np.ndarray, n_stack: int) -> np.ndarray:
+    """Stacked observations at window positions.
+
+    Args:
+        frames: [B, W, *frame_shape] raw frames of each sample's window.
+        positions: int [B, P]; position j stacks frames[j : j + n_stack] (oldest first).
+    Returns:
+        [B, P, n_stack * frame_shape[0], *frame_shape[1:]].
+    """
+    batch_size, num_positions = positions.shape
+    index = positions[:, :, None] + np.arange(n_stack)  # [B, P, n]
+    stacks = frames[np.arange(batch_size)[:, None, None], index]  # [B, P, n, *frame]
+    return stacks.reshape(batch_size, num_positions, -1, *frames.shape[3:])
+
+
+class Reanalyzer:
+    """Holds the target model and turns sampled windows into a learner batch.
+
+    Args:
+        network: a `BarlowZeroNetwork` to copy as the target model (its weights are refreshed
+            with `set_weights` every `target_update_interval` gradient steps).
+        config: the `BarlowZeroConfig`.
+        device: where the target model runs.
+        seed: seeds the choice of which samples are re-searched.
+    """
+
+    def __init__(self, network: torch.nn.Module, config: Any, device: str = "cpu",
+                 seed: int | None = None) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.target_network = copy.deepcopy(network).to(self.device).eval()
+        for p in self.target_network.parameters():
+            p.requires_grad_(False)
+        self.mcts_config = MCTSConfig(
+            num_simulations=config.num_simulations,
+            discount=config.discount,
+            pb_c_base=config.pb_c_base,
+            pb_c_init=config.pb_c_init,
+            root_exploration_fraction=config.root_exploration_fraction,
+            value_prefix=True,
+            lstm_horizon_len=config.lstm_horizon_len,
+            value_delta_max=config.value_delta_max,
+        )
+        self.rng = np.random.default_rng(seed)
+
+    def set_weights(self, network_state: dict[str, Any]) -> None:
+        """Loads the online network's weights (a state dict of the network, numpy or torch)."""
+        state = {k: torch.as_tensor(v) for k, v in network_state.items()}
+        self.target_network.load_state_dict(state, strict=False)
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    @torch.no_grad()
+    def _values(self, obs: np.ndarray) -> np.ndarray:
+        """Target-model values [N] of stacked observations [N, *obs_shape]."""
+        out = self.target_network.initial_inference(self._to_device(obs))
+        return out.value.float().cpu().numpy()
+
+    def make_batch(self, windows: SampledWindows, training_step: int) -> dict[str, np.ndarray]:
+        """The learner batch for `windows` (B samples, K unroll steps), as numpy arrays.
+
+        Returns keys: obs [B, *obs], actions [B, K], target_obs [B, K, *obs] (with a consistency
+        loss), target_value / target_value_prefix [B, K+1], target_policy [B, K+1, A],
+        value_mask / policy_mask [B, K+1], consistency_mask [B, K], weights [B], td_steps [B].
+        """
+        cfg = self.config
+        num_unroll, n_stack = cfg.num_unroll_steps, cfg.stacked_observations
+        batch_size = windows.frames.shape[0]
+
+        n = off_policy_td_steps(
+            training_step, windows.collected_at, cfg.td_steps, cfg.auto_td_steps_ratio,
+            cfg.training_steps,
+        )
+        # Values of the observations at t+k+n (capped at a truncated end), from the target model.
+        positions = bootstrap_positions(windows, n, num_unroll)  # [B, K+1] indices into frames
+        bootstrap_obs = gather_stacks(windows.frames, positions, n_stack)
+        bootstrap_values = self._values(
+            bootstrap_obs.reshape(-1, *bootstrap_obs.shape[2:])
+        ).reshape(batch_size, num_unroll + 1)
+        targets = make_unroll_targets(
+            windows, bootstrap_values, n, cfg.discount, num_unroll, cfg.lstm_horizon_len
+        )
+
+        unroll_positions = np.broadcast_to(np.arange(num_unroll + 1), (batch_size, num_unroll + 1))
+        obs_steps = gather_stacks(windows.frames, unroll_positions, n_stack)  # [B, K+1, *obs]
+        policy = targets.policy.copy()
+        revisit = self.rng.random(batch_size) < cfg.revisit_policy_search_rate
+        if revisit.any():
+            # Fresh searches (no noise) from every real step t+k of the chosen samples.
+            chosen = revisit[:, None] & (targets.policy_mask > 0)
+            b_idx, k_idx = np.nonzero(chosen)
+            if len(b_idx):
+                roots = self._to_device(obs_steps[b_idx, k_idx])
+                out = search(self.target_network, roots, self.mcts_config)
+                visits = out.visit_counts.astype(np.float32)
+                policy[b_idx, k_idx] = visits / visits.sum(axis=1, keepdims=True)
+
+        batch = {
+            "obs": obs_steps[:, 0],
+            "actions": targets.actions.astype(np.int64),
+            "target_value": targets.value.astype(np.float32),
+            "target_value_prefix": targets.value_prefix.astype(np.float32),
+            "target_policy": policy.astype(np.float32),
+            "value_mask": targets.value_mask.astype(np.float32),
+            "policy_mask": targets.policy_mask.astype(np.float32),
+            "consistency_mask": targets.consistency_mask.astype(np.float32),
+            "weights": windows.weights.astype(np.float32),
+            "td_steps": n.astype(np.int64),
+        }
+        if cfg.consistency_loss != "none":
+            batch["target_obs"] = obs_steps[:, 1:]
+        return batch

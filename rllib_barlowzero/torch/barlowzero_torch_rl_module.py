@@ -1,0 +1,190 @@
+"""The BarlowZero RLModule: MCTS-driven acting on env runners, the K-step unroll on learners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
+from ray.rllib.core.rl_module.torch import TorchRLModule
+
+from cython_mcts import MCTSConfig
+from rllib_barlowzero.augmentations import augment
+from rllib_barlowzero.torch.networks import BarlowZeroNetwork
+from rllib_barlowzero.torch.search import sample_actions, search, visit_temperature
+
+MCTS_POLICY = "mcts_policy"
+ROOT_VALUE = "root_value"
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Refuses spaces the BarlowZero model cannot take, naming what it expects."""
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ValueError(
+            f"BarlowZero needs a Discrete action space; the env has {action_space}."
+        )
+    if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) not in (
+        1,
+        3,
+    ):
+        raise ValueError(
+            "BarlowZero needs a Box observation space of shape (D,) (vectors) or (C, H, W) "
+            f"uint8 images (channels first); the env has {observation_space}."
+        )
+    if len(observation_space.shape) == 3 and observation_space.dtype != "uint8":
+        raise ValueError(
+            "BarlowZero image observations must be uint8 (C, H, W); the env has dtype "
+            f"{observation_space.dtype}."
+        )
+
+
+class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
+    """Holds the representation, dynamics and prediction networks (on learners: the projection).
+
+    `_forward_exploration` searches with Dirichlet noise at the roots and samples actions from the
+    visit counts with EfficientZero's temperature schedule; `_forward_inference` searches without
+    noise and takes the most visited action. Both add `mcts_policy` [B, A] and `root_value` [B] to
+    their outputs, so they land in the episodes.
+    """
+
+    def setup(self) -> None:
+        cfg = self.model_config
+        check_spaces(self.observation_space, self.action_space)
+        self.num_actions = int(self.action_space.n)
+        self.network = BarlowZeroNetwork(
+            observation_shape=tuple(self.observation_space.shape),
+            num_actions=self.num_actions,
+            channels=cfg["channels"],
+            blocks=cfg["blocks"],
+            reduced_channels_reward=cfg["reduced_channels_reward"],
+            reduced_channels_value=cfg["reduced_channels_value"],
+            reduced_channels_policy=cfg["reduced_channels_policy"],
+            resnet_fc_reward_layers=tuple(cfg["resnet_fc_reward_layers"]),
+            resnet_fc_value_layers=tuple(cfg["resnet_fc_value_layers"]),
+            resnet_fc_policy_layers=tuple(cfg["resnet_fc_policy_layers"]),
+            lstm_hidden_size=cfg["lstm_hidden_size"],
+            support_size=cfg["support_size"],
+            proj_hid=cfg["proj_hid"],
+            proj_out=cfg["proj_out"],
+            pred_hid=cfg["pred_hid"],
+            pred_out=cfg["pred_out"],
+            bn_mt=cfg["bn_mt"],
+            consistency_loss="none" if self.inference_only else cfg["consistency_loss"],
+            mlp_hidden_layers=tuple(cfg["mlp_hidden_layers"]),
+        )
+        # Gradient steps taken so far: drives the temperature schedule on env runners (it travels
+        # with the weights) and the learning-rate schedule (it travels with checkpoints).
+        self.register_buffer("training_step", torch.zeros((), dtype=torch.int64))
+        self.mcts_config = MCTSConfig(
+            num_simulations=cfg["num_simulations"],
+            discount=cfg["discount"],
+            pb_c_base=cfg["pb_c_base"],
+            pb_c_init=cfg["pb_c_init"],
+            root_exploration_fraction=cfg["root_exploration_fraction"],
+            value_prefix=True,
+            lstm_horizon_len=cfg["lstm_horizon_len"],
+            value_delta_max=cfg["value_delta_max"],
+        )
+        self._dirichlet = torch.distributions.Dirichlet(
+            torch.full((self.num_actions,), float(cfg["dirichlet_alpha"]))
+        )
+
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["network.projection", "network.predictor"]
+
+    # -- acting --------------------------------------------------------------------------------
+
+    def _act(self, batch: dict[str, Any], explore: bool) -> dict[str, Any]:
+        obs = batch[Columns.OBS]
+        self.network.eval()
+        noise = None
+        if explore:
+            noise = self._dirichlet.sample((obs.shape[0],)).numpy().astype(np.float32)
+        out = search(self.network, obs, self.mcts_config, noise=noise)
+        visits = out.visit_counts
+        policy = (visits / visits.sum(axis=1, keepdims=True)).astype(np.float32)
+        if explore:
+            temperature = visit_temperature(
+                int(self.training_step), int(self.model_config["training_steps"])
+            )
+            actions = sample_actions(visits, temperature)
+        else:
+            actions = np.argmax(visits, axis=1).astype(np.int64)
+        return {
+            Columns.ACTIONS: actions,
+            MCTS_POLICY: policy,
+            ROOT_VALUE: np.asarray(out.root_values, dtype=np.float32),
+        }
+
+    def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return self._act(batch, explore=True)
+
+    def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return self._act(batch, explore=False)
+
+    # -- learning ------------------------------------------------------------------------------
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """Unrolls the model K steps from the observations at t.
+
+        Batch (B samples, K unroll steps):
+            obs [B, *obs_shape], actions int64 [B, K], and, unless consistency_loss is "none",
+            target_obs [B, K, *obs_shape] (the true observations at t+1..t+K).
+
+        Returns:
+            value_logits [B, K+1, S], policy_logits [B, K+1, A], value_prefix_logits [B, K, S],
+            and with a consistency loss: online_projection [B, K, D] (from the dynamics' states;
+            through the predictor for simsiam) and target_projection [B, K, D].
+        """
+        cfg = self.model_config
+        net = self.network
+        obs = batch[Columns.OBS]
+        actions = batch[Columns.ACTIONS].long()
+        num_unroll = actions.shape[1]
+        augmentations = cfg.get("augmentation", [])
+        generator = None
+        if augmentations and obs.dim() == 4:
+            obs = augment(obs.float() / 255.0, augmentations, generator) * 255.0
+
+        state = net.representation(obs)
+        policy_logits, value_logits = net.prediction(state)
+        all_policy, all_value, all_prefix, states = [policy_logits], [value_logits], [], []
+        lstm_state = net.initial_lstm_state(obs.shape[0], obs.device)
+        horizon = cfg["lstm_horizon_len"]
+        for k in range(num_unroll):
+            if k % horizon == 0:
+                lstm_state = net.initial_lstm_state(obs.shape[0], obs.device)
+            state, lstm_state, prefix_logits = net.dynamics(state, lstm_state, actions[:, k])
+            # EfficientZero: halve the gradient flowing back through each recurrent step.
+            state = 0.5 * state + 0.5 * state.detach()
+            policy_logits, value_logits = net.prediction(state)
+            all_policy.append(policy_logits)
+            all_value.append(value_logits)
+            all_prefix.append(prefix_logits)
+            states.append(state)
+
+        out = {
+            "value_logits": torch.stack(all_value, dim=1),
+            "policy_logits": torch.stack(all_policy, dim=1),
+            "value_prefix_logits": torch.stack(all_prefix, dim=1),
+        }
+        if cfg["consistency_loss"] != "none":
+            target_obs = batch["target_obs"]
+            flat_target = target_obs.reshape(-1, *target_obs.shape[2:])
+            if augmentations and flat_target.dim() == 4:
+                flat_target = augment(flat_target.float() / 255.0, augmentations, generator) * 255.0
+            online = torch.stack(states, dim=1)
+            online = net.project(online.reshape(-1, *online.shape[2:]), with_grad=True)
+            if cfg["consistency_loss"] == "simsiam":
+                # SimSiam (EfficientZero): the target branch carries no gradient.
+                with torch.no_grad():
+                    target = net.project(net.representation(flat_target), with_grad=False)
+            else:
+                # Barlow Twins: symmetric, both branches carry gradient (the paper's point).
+                target = net.project(net.representation(flat_target), with_grad=False)
+            out["online_projection"] = online.reshape(obs.shape[0], num_unroll, -1)
+            out["target_projection"] = target.reshape(obs.shape[0], num_unroll, -1)
+        return out

@@ -1,0 +1,102 @@
+"""Batched MCTS over a BarlowZero network: `cython_mcts.run_mcts` with hidden states kept on device.
+
+The tree lives in compiled code on the host; the latents and LSTM states of every simulation stay
+in one preallocated tensor per kind on the network's device. Each simulation ships only the
+scalars and logits the tree needs (one device->host copy of [B, 2 + A] floats).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cython_mcts import MCTSConfig, SearchOutput, run_mcts
+
+
+@torch.no_grad()
+def search(
+    network: torch.nn.Module,
+    obs: torch.Tensor,
+    config: MCTSConfig,
+    *,
+    noise: np.ndarray | None = None,
+    legal_actions: np.ndarray | None = None,
+) -> SearchOutput:
+    """Runs one batched search from the observations `obs`.
+
+    Args:
+        network: a `BarlowZeroNetwork` (eval mode is the caller's business).
+        obs: [B, *obs_shape] stacked observations on the network's device.
+        config: the search settings; `config.lstm_horizon_len` drives the LSTM resets.
+        noise: float32 [B, A] Dirichlet noise for the roots, or None.
+        legal_actions: bool [B, A], or None for all legal.
+
+    Returns:
+        `SearchOutput` with visit_counts [B, A] and root_values [B].
+    """
+    root = network.initial_inference(obs)
+    batch_size = obs.shape[0]
+    device = root.state.device
+    num_sims = config.num_simulations
+    states = torch.empty((num_sims + 1, *root.state.shape), dtype=root.state.dtype, device=device)
+    states[0] = root.state
+    h0, c0 = network.initial_lstm_state(batch_size, device)
+    hidden = torch.zeros((num_sims + 1, *h0.shape[1:]), dtype=h0.dtype, device=device)
+    cell = torch.zeros_like(hidden)
+    rows = torch.arange(batch_size, device=device)
+    horizon = config.lstm_horizon_len
+    simulation = 0
+
+    def recurrent_fn(
+        parent_ids: np.ndarray, actions: np.ndarray, depths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        nonlocal simulation
+        simulation += 1
+        parents = torch.from_numpy(np.asarray(parent_ids, dtype=np.int64)).to(device)
+        # The LSTM starts from zero when expanding from a depth that is a multiple of the horizon.
+        keep = torch.from_numpy((np.asarray(depths) - 1) % horizon != 0).to(device)[:, None]
+        h = torch.where(keep, hidden[parents, rows], 0.0)[None]
+        c = torch.where(keep, cell[parents, rows], 0.0)[None]
+        action = torch.from_numpy(np.asarray(actions, dtype=np.int64)).to(device)
+        out = network.recurrent_inference(states[parents, rows], (h, c), action)
+        states[simulation] = out.state
+        hidden[simulation] = out.lstm_state[0][0]
+        cell[simulation] = out.lstm_state[1][0]
+        host = torch.cat(
+            [out.value_prefix[:, None], out.value[:, None], out.policy_logits], dim=1
+        ).float().cpu().numpy()
+        return host[:, 0].copy(), host[:, 1].copy(), np.ascontiguousarray(host[:, 2:])
+
+    root_host = torch.cat([root.value[:, None], root.policy_logits], dim=1).float().cpu().numpy()
+    return run_mcts(
+        np.ascontiguousarray(root_host[:, 1:]),
+        np.ascontiguousarray(root_host[:, 0]),
+        recurrent_fn,
+        config,
+        noise=noise,
+        legal_actions=legal_actions,
+    )
+
+
+def visit_temperature(training_step: int, training_steps: int) -> float:
+    """EfficientZero's visit-count temperature: 1.0, then 0.5 at 50% and 0.25 at 75% of training."""
+    if training_step < 0.5 * training_steps:
+        return 1.0
+    if training_step < 0.75 * training_steps:
+        return 0.5
+    return 0.25
+
+
+def sample_actions(
+    visit_counts: np.ndarray, temperature: float, generator: torch.Generator | None = None
+) -> np.ndarray:
+    """Samples one action per row with probability proportional to visits ** (1 / temperature).
+
+    Args:
+        visit_counts: int [B, A].
+    Returns:
+        int64 [B].
+    """
+    counts = torch.as_tensor(np.asarray(visit_counts, dtype=np.float64))
+    weights = counts ** (1.0 / temperature)
+    return torch.multinomial(weights, 1, generator=generator)[:, 0].numpy().astype(np.int64)
