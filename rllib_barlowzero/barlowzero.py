@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,6 @@ from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     ENV_RUNNER_SAMPLING_TIMER,
     LEARNER_RESULTS,
-    LEARNER_UPDATE_TIMER,
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
     SYNCH_WORKER_WEIGHTS_TIMER,
     TIMERS,
@@ -398,7 +399,8 @@ class BarlowZero(Algorithm):
         )
         device = "cuda" if cfg.num_gpus_per_learner > 0 and torch.cuda.is_available() else "cpu"
         self.reanalyzer = Reanalyzer(self._build_network(), cfg, device=device, seed=cfg.seed)
-        self._refresh_target_model()
+        self.reanalyzer.set_weights(self._online_weights())
+        self._reanalyze_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reanalyze")
         self._training_steps_done = 0
         self._updates_owed = 0.0
         self._weights_step = 0  # the gradient step of the weights the env runners play with
@@ -412,15 +414,14 @@ class BarlowZero(Algorithm):
         )
         return spec.build().network
 
-    def _refresh_target_model(self) -> None:
+    def _online_weights(self) -> dict[str, np.ndarray]:
+        """The learner's current network weights (inference part), keyed as in the network."""
         state = self.learner_group.get_state(
             components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{DEFAULT_MODULE_ID}",
             inference_only=True,
         )[COMPONENT_LEARNER][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID]
         prefix = "network."
-        self.reanalyzer.set_weights(
-            {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        )
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
     @override(Algorithm)
     def training_step(self) -> None:
@@ -452,8 +453,8 @@ class BarlowZero(Algorithm):
             self._updates_owed += cfg.replay_ratio * new_steps
         num_updates = min(int(self._updates_owed), cfg.training_steps - self._training_steps_done)
         self._updates_owed -= int(self._updates_owed)
-        for _ in range(max(0, num_updates)):
-            self._train_once()
+        if num_updates > 0:
+            self._train(num_updates)
 
         if num_updates > 0:
             with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
@@ -467,12 +468,32 @@ class BarlowZero(Algorithm):
             self.metrics.log_value(("replay_buffer", key), value, window=1)
         self.metrics.log_value("training_steps_done", self._training_steps_done, window=1)
 
-    def _train_once(self) -> None:
+    def _train(self, num_updates: int) -> None:
+        """Runs `num_updates` gradient steps; the reanalyze of batch i+1 overlaps update i.
+
+        Windows are sampled on this thread, so priorities and the buffer's rng are used in a fixed
+        order; reanalyze runs on one worker thread, whose queue also carries the target-model
+        refreshes, so a seed gives the same run every time.
+        """
         cfg = self.config
-        with self.metrics.log_time((TIMERS, "reanalyze_time")):
+
+        def submit_next() -> tuple[Any, Future]:
             windows = self.replay_buffer.sample(cfg.batch_size)
-            batch = self.reanalyzer.make_batch(windows, self._training_steps_done)
-        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            return windows, self._reanalyze_pool.submit(
+                _timed, self.reanalyzer.make_batch, windows, self._training_steps_done
+            )
+
+        wait_s = update_s = reanalyze_s = 0.0
+        next_job = submit_next()
+        for i in range(num_updates):
+            windows, future = next_job
+            start = time.perf_counter()
+            batch, seconds = future.result()
+            wait_s += time.perf_counter() - start
+            reanalyze_s += seconds
+            if i + 1 < num_updates:
+                next_job = submit_next()
+            start = time.perf_counter()
             results = self.learner_group.update(
                 batch=MultiAgentBatch(
                     {DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=cfg.batch_size
@@ -483,16 +504,27 @@ class BarlowZero(Algorithm):
                     )
                 },
             )
-        priorities = np.concatenate(
-            [np.asarray(r[DEFAULT_MODULE_ID].pop(NEW_PRIORITIES).peek()).reshape(-1)
-             for r in results]
-        )
-        self.replay_buffer.update_priorities(windows.indices, priorities)
-        self.metrics.aggregate(results, key=LEARNER_RESULTS)
-        self.metrics.log_value("td_steps_mean", float(batch["td_steps"].mean()), window=1)
-        self._training_steps_done += 1
-        if self._training_steps_done % cfg.target_update_interval == 0:
-            self._refresh_target_model()
+            update_s += time.perf_counter() - start
+            priorities = np.concatenate(
+                [np.asarray(r[DEFAULT_MODULE_ID].pop(NEW_PRIORITIES).peek()).reshape(-1)
+                 for r in results]
+            )
+            self.replay_buffer.update_priorities(windows.indices, priorities)
+            self.metrics.aggregate(results, key=LEARNER_RESULTS)
+            self.metrics.log_value("td_steps_mean", float(batch["td_steps"].mean()), window=1)
+            self._training_steps_done += 1
+            if self._training_steps_done % cfg.target_update_interval == 0:
+                self._reanalyze_pool.submit(self.reanalyzer.set_weights, self._online_weights())
+
+        self.metrics.log_value((TIMERS, "learner_update_s"), update_s / num_updates, window=1)
+        self.metrics.log_value((TIMERS, "reanalyze_batch_s"), reanalyze_s / num_updates, window=1)
+        self.metrics.log_value((TIMERS, "learner_wait_s"), wait_s / num_updates, window=1)
+        self.metrics.log_value("learner_idle_share", wait_s / (wait_s + update_s), window=1)
+
+    @override(Algorithm)
+    def cleanup(self) -> None:
+        self._reanalyze_pool.shutdown(wait=True, cancel_futures=True)
+        super().cleanup()
 
     @override(Algorithm)
     def get_state(self, *args, **kwargs) -> dict[str, Any]:
@@ -521,6 +553,11 @@ class BarlowZero(Algorithm):
         self._training_steps_done = own["training_steps_done"]
         self._updates_owed = own["updates_owed"]
         self._weights_step = own["weights_step"]
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    return fn(*args), time.perf_counter() - start
 
 
 def add_episode_chunk(buffer: GameSegmentReplayBuffer, episode: Any, collected_at: int) -> int:

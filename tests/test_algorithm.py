@@ -1,0 +1,211 @@
+"""BarlowZero end to end on CartPole with a tiny config: train, evaluate, checkpoint, restore."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import ray
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.core import DEFAULT_MODULE_ID
+
+from rllib_barlowzero import BarlowZeroConfig
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+TINY = dict(
+    channels=16, blocks=1, reduced_channels_reward=4, reduced_channels_value=4,
+    reduced_channels_policy=4, resnet_fc_reward_layers=[16], resnet_fc_value_layers=[16],
+    resnet_fc_policy_layers=[16], lstm_hidden_size=32, support_size=10, proj_hid=32, proj_out=32,
+    pred_hid=16, pred_out=32, mlp_hidden_layers=[32], num_simulations=8, batch_size=16,
+    history_length=50, num_steps_sampled_before_learning_starts=100, replay_ratio=0.1,
+    training_steps=1000, stacked_observations=2, target_update_interval=5,
+)
+
+
+def tiny_config(**training) -> BarlowZeroConfig:
+    return (
+        BarlowZeroConfig()
+        .environment("CartPole-v1")
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=4, rollout_fragment_length=25)
+        .training(**{**TINY, **training})
+        .evaluation(evaluation_duration=4, evaluation_num_env_runners=0)
+        .debugging(seed=1)
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def module_of(algo: Algorithm):
+    return algo.learner_group._learner.module[DEFAULT_MODULE_ID]
+
+
+def weights_of(algo: Algorithm) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in module_of(algo).state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    algo = tiny_config().build_algo()
+    results = [algo.train() for _ in range(3)]
+    yield algo, results
+    algo.stop()
+
+
+def test_trains_and_reports_metrics(trained):
+    algo, results = trained
+    last = results[-1]
+    assert last["training_steps_done"] > 0
+    learner = last["learners"][DEFAULT_MODULE_ID]
+    for key in ("value_loss", "value_prefix_loss", "policy_loss", "consistency_loss",
+                "total_loss", "lr"):
+        assert np.isfinite(learner[key]), key
+    assert last["replay_buffer"]["num_steps"] > 0
+    assert 0.0 <= last["learner_idle_share"] <= 1.0
+    # The module's step counter counts gradient steps.
+    assert int(module_of(algo).training_step) == last["training_steps_done"]
+
+
+def test_episodes_carry_search_outputs(trained):
+    algo, _ = trained
+    episodes = algo.env_runner.sample(num_timesteps=8, explore=True)
+    for episode in episodes:
+        policy = np.asarray(episode.get_extra_model_outputs("mcts_policy"))
+        if len(episode) == 0:
+            continue
+        assert policy.shape == (len(episode), 2)
+        np.testing.assert_allclose(policy.sum(axis=1), 1.0, rtol=1e-5)
+        # Visit distributions are multiples of 1 / num_simulations.
+        np.testing.assert_allclose(policy * 8, np.round(policy * 8), atol=1e-4)
+        assert np.asarray(episode.get_extra_model_outputs("root_value")).shape == (len(episode),)
+
+
+def test_evaluation_reports_max_mean_min(trained):
+    algo, _ = trained
+    evaluation = algo.evaluate()["env_runners"]
+    assert evaluation["num_episodes"] >= 4
+    assert evaluation["episode_return_min"] <= evaluation["episode_return_mean"]
+    assert evaluation["episode_return_mean"] <= evaluation["episode_return_max"]
+
+
+def test_checkpoint_restores_buffer_counters_and_continues(trained, tmp_path):
+    algo, results = trained
+    path = algo.save_to_path(str(tmp_path / "ckpt"))
+    restored = Algorithm.from_checkpoint(path)
+    try:
+        assert restored.replay_buffer.num_steps() == algo.replay_buffer.num_steps()
+        assert restored._training_steps_done == algo._training_steps_done
+        assert int(module_of(restored).training_step) == int(module_of(algo).training_step)
+        for key, value in weights_of(algo).items():
+            np.testing.assert_array_equal(weights_of(restored)[key], value, err_msg=key)
+        # The restored buffer samples exactly what the original would.
+        a = algo.replay_buffer.sample(8)
+        b = restored.replay_buffer.sample(8)
+        np.testing.assert_array_equal(a.frames, b.frames)
+        before = restored._training_steps_done
+        result = restored.train()
+        assert result["training_steps_done"] > before
+        # The learning rate continues from the restored step (cosine over training_steps).
+        from rllib_barlowzero.torch.barlowzero_torch_learner import learning_rate
+
+        step = int(module_of(restored).training_step) - 1
+        assert result["learners"][DEFAULT_MODULE_ID]["lr"] == pytest.approx(
+            learning_rate(restored.config, step), rel=0.2
+        )
+    finally:
+        restored.stop()
+
+
+def test_learning_rate_schedules():
+    from rllib_barlowzero.torch.barlowzero_torch_learner import learning_rate
+
+    cfg = BarlowZeroConfig().training(lr=0.01, training_steps=1000)
+    assert learning_rate(cfg, 0) == pytest.approx(0.01)
+    assert learning_rate(cfg, 500) == pytest.approx(0.005)
+    assert learning_rate(cfg, 1000) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(cfg, 250) == pytest.approx(0.01 * (1 + np.cos(np.pi / 4)) / 2)
+    step = BarlowZeroConfig().training(lr=0.2, training_steps=1200, lr_schedule="step",
+                                       lr_warmup_steps=100)
+    assert learning_rate(step, 0) == pytest.approx(0.2 / 100)
+    assert learning_rate(step, 99) == pytest.approx(0.2)
+    assert learning_rate(step, 500) == pytest.approx(0.2)
+    assert learning_rate(step, 1000) == pytest.approx(0.02)
+
+
+def test_same_seed_same_run():
+    runs = []
+    for _ in range(2):
+        algo = tiny_config(num_steps_sampled_before_learning_starts=50).build_algo()
+        for _ in range(2):
+            algo.train()
+        runs.append((weights_of(algo), algo.replay_buffer.sample(4).frames))
+        algo.stop()
+    (w0, f0), (w1, f1) = runs
+    np.testing.assert_array_equal(f0, f1)
+    for key in w0:
+        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
+
+
+def test_loss_decreases_on_a_fixed_batch(trained):
+    algo, _ = trained
+    windows = algo.replay_buffer.sample(16)
+    batch = algo.reanalyzer.make_batch(windows, 0)
+    learner = algo.learner_group._learner
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+
+    ma_batch = MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=16)
+    losses = []
+    for _ in range(30):
+        result = learner.update(batch=ma_batch, timesteps={})
+        losses.append({k: float(result[DEFAULT_MODULE_ID][k].peek())
+                       for k in ("value_loss", "value_prefix_loss", "policy_loss", "total_loss")})
+    for key in losses[0]:
+        assert losses[-1][key] < losses[0][key], (key, losses[0][key], losses[-1][key])
+
+
+def test_two_learners_keep_identical_parameters():
+    config = tiny_config(batch_size=16).learners(num_learners=2)
+    algo = config.build_algo()
+    try:
+        algo.train()
+        algo.train()
+        # Parameters (DDP averages their gradients); BatchNorm running statistics are per
+        # learner, as in any DDP run without SyncBatchNorm.
+        states = algo.learner_group.foreach_learner(
+            lambda learner: {k: v.detach().cpu().numpy() for k, v in
+                             learner.module[DEFAULT_MODULE_ID].unwrapped().named_parameters()}
+        )
+        states = [s.get() if hasattr(s, "get") else s for s in states]
+        assert algo._training_steps_done > 0
+        for key in states[0]:
+            np.testing.assert_allclose(states[0][key], states[1][key], rtol=0, atol=0,
+                                       err_msg=key)
+    finally:
+        algo.stop()
+
+
+def test_bad_spaces_are_refused_at_build():
+    config = tiny_config().environment("Pendulum-v1")
+    with pytest.raises(Exception, match="Discrete action space"):
+        config.build_algo()
+
+
+def test_torch_seed_does_not_leak_into_search():
+    # The search itself holds no random state: the same module and obs give the same visits.
+    algo = tiny_config().build_algo()
+    try:
+        module = algo.env_runner.module
+        obs = torch.zeros((3, 8))
+        a = module.forward_inference({"obs": obs})
+        b = module.forward_inference({"obs": obs})
+        np.testing.assert_array_equal(a["mcts_policy"], b["mcts_policy"])
+        np.testing.assert_array_equal(a["actions"], b["actions"])
+    finally:
+        algo.stop()
