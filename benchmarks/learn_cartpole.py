@@ -43,6 +43,11 @@ def run(loss: str, env_steps: int, eval_every: int, eval_episodes: int, seed: in
     while sampled < env_steps:
         result = algo.train()
         sampled = int(result["env_runners"]["num_env_steps_sampled_lifetime"])
+        if result["training_iteration"] % 10 == 0:
+            learner = result.get("learners", {}).get("default_policy", {})
+            print(f"  {loss}: {sampled} env steps, {result.get('training_steps_done', 0)} "
+                  f"training steps, total loss {learner.get('total_loss', float('nan')):.3f}, "
+                  f"{time.time() - start:.0f} s", flush=True)
         if sampled >= next_eval or sampled >= env_steps:
             next_eval += eval_every
             evaluation = algo.evaluate()["env_runners"]

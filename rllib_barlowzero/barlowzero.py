@@ -381,6 +381,13 @@ class BarlowZero(Algorithm):
     def get_default_config(cls) -> BarlowZeroConfig:
         return BarlowZeroConfig()
 
+    @classmethod
+    @override(Algorithm)
+    def _should_create_evaluation_env_runners(cls, eval_config: AlgorithmConfig) -> bool:
+        # Always: without them `evaluate()` would play on the training env runner, with noise,
+        # sampled actions and (Atari) episodic lives and clipped rewards.
+        return True
+
     @override(Algorithm)
     def setup(self, config: AlgorithmConfig) -> None:
         register_env_if_atari(config.env, config.max_moves)

@@ -209,3 +209,15 @@ def test_torch_seed_does_not_leak_into_search():
         np.testing.assert_array_equal(a["actions"], b["actions"])
     finally:
         algo.stop()
+
+
+def test_evaluate_without_interval_uses_greedy_evaluation_runners():
+    # RLlib would evaluate on the (exploring) training env runner when no evaluation interval is
+    # set; BarlowZero always builds evaluation runners, which search without noise.
+    algo = tiny_config().evaluation(evaluation_interval=None).build_algo()
+    try:
+        assert algo.eval_env_runner is not None
+        assert algo.eval_env_runner.config.explore is False
+        algo.evaluate()
+    finally:
+        algo.stop()

@@ -1,0 +1,56 @@
+"""BarlowZero on Breakout with a tiny network: one pass through the whole Atari pipeline."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import ray
+
+from rllib_barlowzero import BarlowZeroConfig
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_breakout_tiny_network_trains_and_evaluates():
+    config = (
+        BarlowZeroConfig()
+        .environment("BreakoutNoFrameskip-v4")
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=20)
+        .training(
+            channels=8, reduced_channels_reward=2, reduced_channels_value=2,
+            reduced_channels_policy=2, resnet_fc_reward_layers=[8], resnet_fc_value_layers=[8],
+            resnet_fc_policy_layers=[8], lstm_hidden_size=16, support_size=10, proj_hid=32,
+            proj_out=32, pred_hid=16, pred_out=32, num_simulations=3, batch_size=4,
+            history_length=20, num_steps_sampled_before_learning_starts=20, replay_ratio=0.05,
+            max_moves=40,
+        )
+        .evaluation(evaluation_duration=1, evaluation_num_env_runners=0)
+        .debugging(seed=0)
+    )
+    algo = config.build_algo()
+    try:
+        # The module sees 4 stacked RGB frames, channels first, as uint8.
+        space = algo.env_runner.module.observation_space
+        assert space.shape == (12, 96, 96) and space.dtype == np.uint8
+        assert algo.env_runner.module.num_actions == 4  # the minimal action set
+        results = [algo.train() for _ in range(2)]
+        assert results[-1]["training_steps_done"] > 0
+        stats = results[-1]["replay_buffer"]
+        # Frames are stored once per step: close to one 96x96x3 uint8 frame per env step.
+        assert 27_648 <= stats["bytes_per_step"] < 1.6 * 27_648
+        # Evaluation plays whole games (no episodic life) capped at max_moves.
+        evaluation = algo.evaluate()["env_runners"]
+        assert evaluation["num_episodes"] >= 1
+        assert evaluation["episode_len_mean"] <= 40
+        assert algo.eval_env_runner.config.env_config["training"] is False
+    finally:
+        algo.stop()

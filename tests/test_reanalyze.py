@@ -1,0 +1,142 @@
+"""Reanalyze: targets from the target model, checked against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cython_mcts import MCTSConfig, run_mcts
+from rllib_barlowzero import BarlowZeroConfig
+from rllib_barlowzero.reanalyze import Reanalyzer, gather_stacks
+from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer
+from rllib_barlowzero.targets import off_policy_td_steps
+from rllib_barlowzero.torch.networks import BarlowZeroNetwork
+
+NUM_ACTIONS = 3
+OBS_DIM = 4
+
+
+def make_config(**training) -> BarlowZeroConfig:
+    defaults = dict(num_simulations=6, num_unroll_steps=3, td_steps=2, stacked_observations=2,
+                    lstm_horizon_len=2, discount=0.9, batch_size=8, history_length=10,
+                    revisit_policy_search_rate=1.0, training_steps=100, auto_td_steps_ratio=0.3)
+    return BarlowZeroConfig().training(**{**defaults, **training})
+
+
+def make_network(seed: int = 0) -> BarlowZeroNetwork:
+    torch.manual_seed(seed)
+    net = BarlowZeroNetwork((OBS_DIM * 2,), NUM_ACTIONS, channels=4, lstm_hidden_size=8,
+                            support_size=5, resnet_fc_reward_layers=(8,),
+                            resnet_fc_value_layers=(8,), resnet_fc_policy_layers=(8,),
+                            reduced_channels_reward=2, reduced_channels_value=2,
+                            reduced_channels_policy=2, mlp_hidden_layers=(8,),
+                            consistency_loss="none")
+    # Non-zero heads so that values and priors differ between nodes.
+    for p in net.parameters():
+        p.data.normal_(0, 0.5)
+    return net.eval()
+
+
+def filled_buffer(config: BarlowZeroConfig, seed: int = 0) -> GameSegmentReplayBuffer:
+    rng = np.random.default_rng(seed)
+    buffer = GameSegmentReplayBuffer(
+        capacity=1000, history_length=config.history_length,
+        stacked_observations=config.stacked_observations,
+        num_unroll_steps=config.num_unroll_steps, td_steps=config.td_steps, seed=seed)
+    for episode, length in enumerate([23, 9, 31]):
+        policy = rng.random((length, NUM_ACTIONS)).astype(np.float32)
+        buffer.add_episode_chunk(
+            episode_id=str(episode),
+            observations=rng.normal(size=(length + 1, OBS_DIM)).astype(np.float32),
+            actions=rng.integers(0, NUM_ACTIONS, length),
+            rewards=rng.integers(0, 2, length).astype(np.float32),
+            mcts_policy=policy / policy.sum(1, keepdims=True),
+            root_values=rng.normal(size=length).astype(np.float32),
+            terminated=episode != 1, truncated=episode == 1, collected_at=episode * 10)
+    return buffer
+
+
+def direct_search(net: BarlowZeroNetwork, obs: torch.Tensor, cfg: MCTSConfig) -> np.ndarray:
+    """The search written out plainly: one list entry of states per simulation."""
+    with torch.no_grad():
+        root = net.initial_inference(obs)
+        states, lstm = [root.state], [net.initial_lstm_state(obs.shape[0], obs.device)]
+
+        def recurrent_fn(parent_ids, actions, depths):
+            rows = range(obs.shape[0])
+            state = torch.stack([states[p][b] for b, p in zip(rows, parent_ids, strict=True)])
+            h = torch.stack([lstm[p][0][0, b] for b, p in zip(rows, parent_ids, strict=True)])
+            c = torch.stack([lstm[p][1][0, b] for b, p in zip(rows, parent_ids, strict=True)])
+            parent_depth = np.asarray(depths) - 1
+            reset = torch.as_tensor(parent_depth % cfg.lstm_horizon_len == 0)[:, None]
+            h, c = torch.where(reset, 0.0, h), torch.where(reset, 0.0, c)
+            out = net.recurrent_inference(state, (h[None], c[None]), torch.as_tensor(actions))
+            states.append(out.state)
+            lstm.append(out.lstm_state)
+            return out.value_prefix.numpy(), out.value.numpy(), out.policy_logits.numpy()
+
+        result = run_mcts(root.policy_logits.numpy(), root.value.numpy(), recurrent_fn, cfg)
+    return result.visit_counts
+
+
+def test_reanalyzed_policy_equals_a_direct_search_with_the_target_model():
+    config = make_config()
+    target = make_network(seed=1)
+    reanalyzer = Reanalyzer(make_network(seed=2), config, seed=0)
+    reanalyzer.set_weights(target.state_dict())
+    windows = filled_buffer(config).sample(8, np.random.default_rng(3))
+    batch = reanalyzer.make_batch(windows, training_step=0)
+
+    k_max = config.num_unroll_steps
+    for k in range(k_max + 1):
+        obs = torch.from_numpy(gather_stacks(windows.frames, np.full((8, 1), k), 2)[:, 0])
+        visits = direct_search(target, obs, reanalyzer.mcts_config).astype(np.float32)
+        expected = visits / visits.sum(1, keepdims=True)
+        real = batch["policy_mask"][:, k] > 0
+        np.testing.assert_allclose(batch["target_policy"][real, k], expected[real], atol=1e-6)
+        # Past the episode's end the policy target is empty (and masked).
+        assert np.all(batch["target_policy"][~real, k] == 0)
+
+
+def test_no_revisit_keeps_the_stored_policies():
+    config = make_config(revisit_policy_search_rate=0.0)
+    reanalyzer = Reanalyzer(make_network(), config, seed=0)
+    windows = filled_buffer(config).sample(8, np.random.default_rng(0))
+    batch = reanalyzer.make_batch(windows, training_step=0)
+    np.testing.assert_array_equal(batch["target_policy"], windows.policies)
+
+
+def test_value_targets_bootstrap_from_the_target_model():
+    config = make_config(revisit_policy_search_rate=0.0)
+    target = make_network(seed=4)
+    reanalyzer = Reanalyzer(make_network(seed=5), config, seed=0)
+    reanalyzer.set_weights(target.state_dict())
+    windows = filled_buffer(config).sample(8, np.random.default_rng(1))
+    step = 0
+    batch = reanalyzer.make_batch(windows, training_step=step)
+    n = off_policy_td_steps(step, windows.collected_at, config.td_steps,
+                            config.auto_td_steps_ratio, config.training_steps)
+    gamma = config.discount
+    for b in range(8):
+        steps_left, terminated = int(windows.steps_left[b]), bool(windows.terminated[b])
+        for k in range(config.num_unroll_steps + 1):
+            if k >= steps_left and not terminated:
+                continue  # past a truncated end: masked
+            horizon = k + int(n[b])
+            rewards = windows.rewards[b, k:min(horizon, steps_left)]
+            value = float(np.sum(rewards * gamma ** np.arange(len(rewards))))
+            if horizon < steps_left or (not terminated and horizon >= steps_left):
+                j = min(horizon, steps_left)
+                obs = torch.from_numpy(gather_stacks(windows.frames[b:b + 1],
+                                                     np.array([[j]]), 2)[:, 0])
+                with torch.no_grad():
+                    bootstrap = float(target.initial_inference(obs).value[0])
+                value += gamma ** (j - k) * bootstrap
+            assert batch["target_value"][b, k] == pytest.approx(value, rel=1e-4, abs=1e-4), (b, k)
+
+
+def test_old_data_gets_fewer_td_steps():
+    # EfficientZero: n = clip(td_steps - age // (ratio * training_steps), 1, td_steps).
+    n = off_policy_td_steps(np.int64(100), np.array([100, 71, 70, 40, 0]), 5, 0.1, 300)
+    np.testing.assert_array_equal(n, [5, 5, 4, 3, 2])
