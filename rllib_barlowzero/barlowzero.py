@@ -391,6 +391,11 @@ class BarlowZero(Algorithm):
     @override(Algorithm)
     def setup(self, config: AlgorithmConfig) -> None:
         register_env_if_atari(config.env, config.max_moves)
+        if not torch.cuda.is_available() or config.num_gpus_per_learner == 0:
+            # The learner (when local), the reanalyze thread and the local env runner share this
+            # process: give torch the CPUs RLlib reserves for it, as Ray does for its actors.
+            # More intra-op threads than cores made a CartPole iteration 2.7x slower here.
+            torch.set_num_threads(max(1, int(config.num_cpus_for_main_process)))
         super().setup(config)
         cfg = self.config
         self.replay_buffer = GameSegmentReplayBuffer(
