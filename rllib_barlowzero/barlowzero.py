@@ -443,6 +443,7 @@ class BarlowZero(Algorithm):
         )
         new_steps = 0
         if sampled_before < cfg.total_env_steps:
+            start = time.perf_counter()
             with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
                 episodes, runner_results = synchronous_parallel_sample(
                     worker_set=self.env_runner_group,
@@ -456,6 +457,10 @@ class BarlowZero(Algorithm):
             self.metrics.aggregate(runner_results, key=ENV_RUNNER_RESULTS)
             for episode in episodes:
                 new_steps += add_episode_chunk(self.replay_buffer, episode, self._weights_step)
+            self.metrics.log_value(
+                "env_steps_per_s", new_steps / (time.perf_counter() - start), window=1
+            )
+            self._log_search_statistics(episodes)
         else:
             # Collection is over (the env-step budget): keep training at the same pace.
             new_steps = cfg.rollout_fragment_length * cfg.num_envs_per_env_runner
@@ -496,6 +501,7 @@ class BarlowZero(Algorithm):
             )
 
         wait_s = update_s = reanalyze_s = 0.0
+        begin = time.perf_counter()
         next_job = submit_next()
         for i in range(num_updates):
             windows, future = next_job
@@ -532,6 +538,20 @@ class BarlowZero(Algorithm):
         self.metrics.log_value((TIMERS, "reanalyze_batch_s"), reanalyze_s / num_updates, window=1)
         self.metrics.log_value((TIMERS, "learner_wait_s"), wait_s / num_updates, window=1)
         self.metrics.log_value("learner_idle_share", wait_s / (wait_s + update_s), window=1)
+        self.metrics.log_value("learner_steps_per_s", num_updates / (time.perf_counter() - begin),
+                               window=1)
+
+    def _log_search_statistics(self, episodes: list[Any]) -> None:
+        """Mean root value and visit-count entropy of the searches that played `episodes`."""
+        policies = [np.asarray(e.get_extra_model_outputs(MCTS_POLICY)) for e in episodes if len(e)]
+        values = [np.asarray(e.get_extra_model_outputs(ROOT_VALUE)) for e in episodes if len(e)]
+        if not policies:
+            return
+        policy = np.concatenate(policies)
+        entropy = -(policy * np.log(np.where(policy > 0, policy, 1.0))).sum(axis=1)
+        self.metrics.log_value(("search", "root_value_mean"), float(np.concatenate(values).mean()),
+                               window=1)
+        self.metrics.log_value(("search", "visit_entropy_mean"), float(entropy.mean()), window=1)
 
     @override(Algorithm)
     def cleanup(self) -> None:

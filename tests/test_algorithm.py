@@ -69,6 +69,10 @@ def test_trains_and_reports_metrics(trained):
         assert np.isfinite(learner[key]), key
     assert last["replay_buffer"]["num_steps"] > 0
     assert 0.0 <= last["learner_idle_share"] <= 1.0
+    assert last["learner_steps_per_s"] > 0 and last["env_steps_per_s"] > 0
+    assert np.isfinite(last["search"]["root_value_mean"])
+    # Visit-count entropy over 2 actions lies in [0, log 2].
+    assert 0.0 <= last["search"]["visit_entropy_mean"] <= np.log(2) + 1e-6
     # The module's step counter counts gradient steps.
     assert int(module_of(algo).training_step) == last["training_steps_done"]
 
