@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cython_mcts import MCTSConfig
 from rllib_barlowzero.replay_buffer import SampledWindows
 from rllib_barlowzero.targets import (
     bootstrap_positions,
     make_unroll_targets,
     off_policy_td_steps,
 )
-from rllib_barlowzero.torch.search import search
+from rllib_barlowzero.torch.search import mcts_config_from, search
 
 
 def gather_stacks(frames: np.ndarray, positions: np.ndarray, n_stack: int) -> np.ndarray:
@@ -59,16 +58,7 @@ class Reanalyzer:
         self.target_network = copy.deepcopy(network).to(self.device).eval()
         for p in self.target_network.parameters():
             p.requires_grad_(False)
-        self.mcts_config = MCTSConfig(
-            num_simulations=config.num_simulations,
-            discount=config.discount,
-            pb_c_base=config.pb_c_base,
-            pb_c_init=config.pb_c_init,
-            root_exploration_fraction=config.root_exploration_fraction,
-            value_prefix=True,
-            lstm_horizon_len=config.lstm_horizon_len,
-            value_delta_max=config.value_delta_max,
-        )
+        self.mcts_config = mcts_config_from(config.model_config)
         self.rng = np.random.default_rng(seed)
 
     def set_weights(self, network_state: dict[str, Any]) -> None:

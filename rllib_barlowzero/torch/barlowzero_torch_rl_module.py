@@ -11,10 +11,14 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from cython_mcts import MCTSConfig
 from rllib_barlowzero.augmentations import augment
 from rllib_barlowzero.torch.networks import BarlowZeroNetwork
-from rllib_barlowzero.torch.search import sample_actions, search, visit_temperature
+from rllib_barlowzero.torch.search import (
+    mcts_config_from,
+    sample_actions,
+    search,
+    visit_temperature,
+)
 
 MCTS_POLICY = "mcts_policy"
 ROOT_VALUE = "root_value"
@@ -78,16 +82,7 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         # Gradient steps taken so far: drives the temperature schedule on env runners (it travels
         # with the weights) and the learning-rate schedule (it travels with checkpoints).
         self.register_buffer("training_step", torch.zeros((), dtype=torch.int64))
-        self.mcts_config = MCTSConfig(
-            num_simulations=cfg["num_simulations"],
-            discount=cfg["discount"],
-            pb_c_base=cfg["pb_c_base"],
-            pb_c_init=cfg["pb_c_init"],
-            root_exploration_fraction=cfg["root_exploration_fraction"],
-            value_prefix=True,
-            lstm_horizon_len=cfg["lstm_horizon_len"],
-            value_delta_max=cfg["value_delta_max"],
-        )
+        self.mcts_config = mcts_config_from(cfg)
         self._dirichlet = torch.distributions.Dirichlet(
             torch.full((self.num_actions,), float(cfg["dirichlet_alpha"]))
         )

@@ -7,10 +7,27 @@ scalars and logits the tree needs (one device->host copy of [B, 2 + A] floats).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 
 from cython_mcts import MCTSConfig, SearchOutput, run_mcts
+
+
+def mcts_config_from(model_config: Mapping[str, Any]) -> MCTSConfig:
+    """The search settings of a BarlowZero model config (value-prefix mode, as EfficientZero)."""
+    return MCTSConfig(
+        num_simulations=model_config["num_simulations"],
+        discount=model_config["discount"],
+        pb_c_base=model_config["pb_c_base"],
+        pb_c_init=model_config["pb_c_init"],
+        root_exploration_fraction=model_config["root_exploration_fraction"],
+        value_prefix=True,
+        lstm_horizon_len=model_config["lstm_horizon_len"],
+        value_delta_max=model_config["value_delta_max"],
+    )
 
 
 @torch.no_grad()
