@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONSISTENCY_COEFF = {"barlow": 0.001, "simsiam": 2.0, "none": 0.0}
 
 
-def load_config(loss: str, seed: int) -> BarlowZeroConfig:
-    (experiment,) = yaml.safe_load((ROOT / "tuned_examples/cartpole.yaml").read_text()).values()
+def load_config(loss: str, seed: int, path: Path = ROOT / "tuned_examples/cartpole.yaml"
+                ) -> BarlowZeroConfig:
+    (experiment,) = yaml.safe_load(Path(path).read_text()).values()
     config = BarlowZeroConfig().environment(experiment["env"])
     config.update_from_dict(experiment["config"])
     return config.training(
@@ -35,8 +36,9 @@ def load_config(loss: str, seed: int) -> BarlowZeroConfig:
     ).debugging(seed=seed).evaluation(evaluation_interval=None)
 
 
-def run(loss: str, env_steps: int, eval_every: int, eval_episodes: int, seed: int) -> dict:
-    config = load_config(loss, seed).evaluation(evaluation_duration=eval_episodes)
+def run(loss: str, env_steps: int, eval_every: int, eval_episodes: int, seed: int,
+        path: Path) -> dict:
+    config = load_config(loss, seed, path).evaluation(evaluation_duration=eval_episodes)
     algo = config.build_algo()
     start = time.time()
     curve, next_eval, sampled, solved_at = [], eval_every, 0, None
@@ -76,12 +78,13 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=5_000)
     parser.add_argument("--eval-episodes", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--yaml", default=str(ROOT / "tuned_examples/cartpole.yaml"))
     parser.add_argument("--out", default="results/learn_cartpole.json")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    runs = [run(loss, args.env_steps, args.eval_every, args.eval_episodes, args.seed)
-            for loss in args.losses]
+    runs = [run(loss, args.env_steps, args.eval_every, args.eval_episodes, args.seed,
+                Path(args.yaml)) for loss in args.losses]
     print(f"\n{'loss':8} {'wall s':>8} {'solved at':>10}  eval mean by env steps")
     for r in runs:
         curve = "  ".join(f"{p['env_steps']}:{p['eval_mean']:.0f}" for p in r["curve"])
