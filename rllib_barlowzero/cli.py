@@ -1,0 +1,699 @@
+"""The ``rllib`` / ``barlowzero`` command (one program, two names).
+
+    rllib train file tuned_examples/breakout.yaml [--storage-path DIR] [--resume]
+                     [--config '{"lr": 0.02}'] [--stop '{"training_iteration": 5}']
+    rllib evaluate CHECKPOINT --episodes 32 [--env ID] [--out results.json] [--video game.gif]
+    barlowzero plot RUN_DIR [-o fig.png]
+    barlowzero serve CHECKPOINT [--port 8000]
+
+``train file`` reads RLlib's classic YAML experiments (``{name: {run, env, stop, config,
+checkpoint_config, num_samples, storage_path, max_failures}}``; ``grid_search``, ``choice``,
+``uniform``, ``loguniform``, ``randint`` allowed inside ``config``) and runs them with
+``tune.Tuner`` on a local Ray sized to this machine, or on ``--address``. Mistakes a user makes
+(a missing or malformed file, an unknown key or algorithm, a bad value, a wrong checkpoint) end
+the command with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import inspect
+import itertools
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import ray
+import yaml
+from ray import tune
+from ray.rllib.algorithms.registry import ALGORITHMS
+from ray.tune.registry import ENV_CREATOR, TRAINABLE_CLASS, _global_registry, get_trainable_cls
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from rllib_barlowzero import evaluate, plot
+from rllib_barlowzero.env.atari import ATARI_ENV_CONFIG_KEYS, is_atari_env_id
+from rllib_barlowzero.tensorboard import TBXLoggerCallback
+
+# Keys an experiment of a YAML file may have (RLlib's old `rllib train file` format).
+EXPERIMENT_KEYS = (
+    "run", "env", "stop", "config", "checkpoint_config", "checkpoint_freq", "checkpoint_at_end",
+    "keep_checkpoints_num", "num_samples", "storage_path", "local_dir", "max_failures",
+)
+# YAML spellings of Tune search spaces: {grid_search: [a, b]}, {loguniform: [1e-4, 1e-1]}, ...
+SEARCH_SPACES = ("grid_search", "choice", "uniform", "loguniform", "randint")
+# Config dicts whose own keys are config keys too (checked like top-level keys).
+NESTED_CONFIG_KEYS = ("evaluation_config",)
+MAX_VARIANTS_TO_VALIDATE = 256
+# Top-level keys of an RLlib/BarlowZero result (nested metrics are "key/sub/..."): a stop condition
+# on anything else is most likely a typo, and Tune would then never stop the trial.
+RESULT_KEYS = (
+    *AUTO_RESULT_KEYS, "env_runners", "learners", "evaluation", "timers", "replay_buffer",
+    "search", "training_steps_done", "num_env_steps_sampled_lifetime",
+    "num_env_steps_trained_lifetime", "num_episodes_lifetime", "td_steps_mean",
+    "learner_idle_share", "learner_steps_per_s", "env_steps_per_s", "fault_tolerance", "perf",
+)
+
+
+class UserError(Exception):
+    """A mistake in the command line, a YAML file or a path: reported as one line."""
+
+
+@dataclass
+class Experiment:
+    """One experiment of a YAML file, checked and ready for `tune.Tuner`."""
+
+    name: str
+    run: str
+    config: dict[str, Any]
+    stop: dict[str, Any] = field(default_factory=dict)
+    checkpoint_config: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = 1
+    storage_path: str | None = None
+    max_failures: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# YAML -> experiments
+# --------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Reads a YAML experiment file; a missing file or a YAML error becomes a `UserError`."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and context_mark is not None and context_mark is not mark:
+            problem += f" ({context} started on line {context_mark.line + 1})"
+        raise UserError(f"{where}: malformed YAML: {problem}") from None
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{path}: expected a mapping of experiment names to experiments")
+    for name, spec in data.items():
+        if not isinstance(spec, dict):
+            raise UserError(f"{path}: experiment '{name}' must be a mapping (run, env, ...)")
+    return data
+
+
+def parse_json_arg(flag: str, text: str | None) -> dict[str, Any]:
+    """Parses a JSON object given on the command line (`--config`, `--stop`)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{flag} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{flag} must be a JSON object, e.g. '{{\"lr\": 0.02}}'")
+    return value
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated with `override`; dicts are merged key by key, search spaces replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not is_search_space(
+            value
+        ):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def is_search_space(value: Any) -> bool:
+    """True for a YAML search space: a one-key mapping such as {grid_search: [...]}."""
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SEARCH_SPACES
+
+
+def known_algorithms() -> list[str]:
+    """BarlowZero and RLlib's built-in algorithms."""
+    return ["BarlowZero", *sorted(ALGORITHMS)]
+
+
+def algorithm_class(run: str, experiment: str) -> type:
+    """The Algorithm class registered with Tune as `run`."""
+    if run in ALGORITHMS or _global_registry.contains(TRAINABLE_CLASS, run):
+        return get_trainable_cls(run)
+    close = difflib.get_close_matches(run, known_algorithms(), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise UserError(
+        f"experiment '{experiment}': unknown algorithm run: {run}{hint}; "
+        f"known: {', '.join(known_algorithms())}"
+    )
+
+
+def known_config_keys(config: Any) -> set[str]:
+    """Keys `update_from_dict` understands: the config's fields, its dict keys, its properties."""
+    keys = set(config.to_dict()) | {k for k in vars(config) if not k.startswith("_")}
+    keys |= {
+        name
+        for name, member in inspect.getmembers(type(config))
+        if isinstance(member, property) and not name.startswith("_")
+    }
+    return keys
+
+
+def check_config_keys(config: dict[str, Any], default_config: Any, experiment: str) -> None:
+    """Refuses keys `AlgorithmConfig.update_from_dict` would silently accept and ignore."""
+    known = known_config_keys(default_config)
+
+    def check(keys: Iterator[str], where: str) -> None:
+        for key in keys:
+            translated = default_config._translate_special_keys(key, warn_deprecated=False)
+            if key in known or translated in known:
+                continue
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"experiment '{experiment}': unknown config key '{where}{key}'{hint}")
+
+    check(iter(config), "")
+    for nested in NESTED_CONFIG_KEYS:
+        if isinstance(config.get(nested), dict):
+            check(iter(config[nested]), f"{nested}.")
+
+
+def to_tune_search_spaces(value: Any, where: str, experiment: str) -> Any:
+    """Replaces YAML search spaces ({loguniform: [a, b]}, ...) by Tune's objects, recursively."""
+    if is_search_space(value):
+        kind, args = next(iter(value.items()))
+        if kind in ("grid_search", "choice"):
+            if not isinstance(args, list) or not args:
+                raise UserError(f"experiment '{experiment}': {where}: {kind} needs a list")
+            return tune.grid_search(args) if kind == "grid_search" else tune.choice(args)
+        if not (isinstance(args, list) and len(args) == 2
+                and all(isinstance(a, int | float) for a in args) and args[0] < args[1]):
+            raise UserError(
+                f"experiment '{experiment}': {where}: {kind} needs [low, high] with low < high"
+            )
+        if kind == "loguniform" and args[0] <= 0:
+            raise UserError(f"experiment '{experiment}': {where}: loguniform needs low > 0")
+        return getattr(tune, kind)(*args)
+    if isinstance(value, dict):
+        return {
+            k: to_tune_search_spaces(v, f"{where}.{k}" if where else k, experiment)
+            for k, v in value.items()
+        }
+    return value
+
+
+def config_variants(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Concrete configs covering a YAML config's search spaces: every grid and choice value and
+    both bounds of each range (their product, up to MAX_VARIANTS_TO_VALIDATE)."""
+    paths: list[tuple[str, ...]] = []
+    options: list[list[Any]] = []
+
+    def visit(value: Any, path: tuple[str, ...]) -> None:
+        if is_search_space(value):
+            kind, args = next(iter(value.items()))
+            paths.append(path)
+            options.append(list(args) if kind in ("grid_search", "choice")
+                           else [args[0], args[1] - 1] if kind == "randint" else list(args))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                visit(v, (*path, k))
+
+    visit(config, ())
+    for combination in itertools.islice(itertools.product(*options), MAX_VARIANTS_TO_VALIDATE):
+        variant = copy.deepcopy(config)
+        for path, choice in zip(paths, combination, strict=True):
+            node = variant
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = choice
+        yield variant
+
+
+def check_env(env: Any, experiment: str | None = None) -> None:
+    """Refuses an env id that neither Tune's registry nor gymnasium (with ALE) knows."""
+    if not isinstance(env, str):
+        return
+    try:
+        import ale_py
+
+        gym.register_envs(ale_py)
+    except ImportError:  # pragma: no cover - ale-py is a dependency
+        pass
+    if _global_registry.contains(ENV_CREATOR, env) or env in gym.registry or ":" in env:
+        return
+    close = difflib.get_close_matches(env, list(gym.registry), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    where = f"experiment '{experiment}': " if experiment else ""
+    raise UserError(f"{where}unknown env '{env}'{hint}")
+
+
+class _QuietRLlib:
+    """Silences RLlib's info/warning logs (e.g. "running on the new API stack") while checking."""
+
+    def __enter__(self) -> None:
+        self._logger = logging.getLogger("ray.rllib")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._logger.setLevel(self._level)
+
+
+def make_experiment(
+    name: str,
+    spec: dict[str, Any],
+    config_override: dict[str, Any] | None = None,
+    stop_override: dict[str, Any] | None = None,
+    storage_path: str | None = None,
+) -> Experiment:
+    """Checks one YAML experiment (keys, algorithm, env, config keys and values) and returns it."""
+    for key in spec:
+        if key not in EXPERIMENT_KEYS:
+            close = difflib.get_close_matches(key, EXPERIMENT_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"experiment '{name}': unknown key '{key}'{hint}")
+    if "run" not in spec:
+        raise UserError(
+            f"experiment '{name}' has no 'run' (the algorithm to train, e.g. run: BarlowZero)"
+        )
+    run = spec["run"]
+    if not isinstance(run, str):
+        raise UserError(f"experiment '{name}': run must be an algorithm name, got {run!r}")
+    algo_cls = algorithm_class(run, name)
+
+    config = spec.get("config") or {}
+    if not isinstance(config, dict):
+        raise UserError(f"experiment '{name}': config must be a mapping")
+    config = deep_merge(config, config_override or {})
+    if "env" in spec:
+        config.setdefault("env", spec["env"])
+    if config.get("env") is None:
+        raise UserError(f"experiment '{name}' has no env (e.g. env: BreakoutNoFrameskip-v4)")
+    check_env(config["env"], name)
+
+    env_config = config.get("env_config") or {}
+    if isinstance(config["env"], str) and is_atari_env_id(config["env"]):
+        for key in env_config:
+            if key not in ATARI_ENV_CONFIG_KEYS:
+                close = difflib.get_close_matches(key, ATARI_ENV_CONFIG_KEYS, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise UserError(
+                    f"experiment '{name}': unknown Atari env_config key '{key}'{hint}; known: "
+                    f"{', '.join(ATARI_ENV_CONFIG_KEYS)}"
+                )
+
+    stop = {**(spec.get("stop") or {}), **(stop_override or {})}
+    for key, value in stop.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"experiment '{name}': stop {key}: expected a number, got {value!r}")
+        if key.split("/")[0] not in RESULT_KEYS:
+            close = difflib.get_close_matches(key, RESULT_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            print(f"warning: experiment '{name}': stop key '{key}' is not a result key{hint}; "
+                  "the trials stop only if the algorithm reports it", file=sys.stderr)
+    checkpoint_config = dict(spec.get("checkpoint_config") or {})
+    legacy = {"checkpoint_freq": "checkpoint_frequency", "checkpoint_at_end": "checkpoint_at_end",
+              "keep_checkpoints_num": "num_to_keep"}
+    for old, new in legacy.items():
+        if old in spec:
+            checkpoint_config.setdefault(new, spec[old])
+    experiment = Experiment(
+        name=name,
+        run=run,
+        config=config,
+        stop=stop,
+        checkpoint_config=checkpoint_config,
+        num_samples=int(spec.get("num_samples", 1)),
+        storage_path=storage_path or spec.get("storage_path") or spec.get("local_dir"),
+        max_failures=int(spec.get("max_failures", 0)),
+    )
+    try:
+        tune.CheckpointConfig(**checkpoint_config)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"experiment '{name}': checkpoint_config: {e}") from None
+
+    if hasattr(algo_cls, "get_default_config"):
+        with _QuietRLlib():
+            check_config_keys(config, algo_cls.get_default_config(), name)
+            to_tune_search_spaces(config, "config", name)  # shape of the search spaces
+            for variant in config_variants(config):
+                try:
+                    algo_cls.get_default_config().update_from_dict(variant).validate()
+                except (ValueError, TypeError, KeyError) as e:
+                    message = " ".join(str(e).split())
+                    raise UserError(f"experiment '{name}': {message}") from None
+    return experiment
+
+
+def load_experiments(
+    path: str,
+    config_override: dict[str, Any] | None = None,
+    stop_override: dict[str, Any] | None = None,
+    storage_path: str | None = None,
+    only: list[str] | None = None,
+) -> list[Experiment]:
+    """Reads and checks the experiments of a YAML file (all, or those named in `only`)."""
+    specs = load_yaml(path)
+    for name in only or []:
+        if name not in specs:
+            close = difflib.get_close_matches(name, list(specs), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"{path} has no experiment '{name}'{hint}; it has: {', '.join(specs)}")
+    return [
+        make_experiment(name, spec, config_override, stop_override, storage_path)
+        for name, spec in specs.items()
+        if not only or name in only
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Running experiments with Tune
+# --------------------------------------------------------------------------------------------
+
+
+def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None,
+             dashboard: bool = False) -> None:
+    """Starts a local Ray sized to this machine, or connects to the cluster at `address`."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
+                 include_dashboard=dashboard, logging_level=logging.WARNING)
+
+
+def check_resources(experiment: Experiment, local: bool) -> None:
+    """Refuses (locally) or warns about (cluster) a trial bigger than the whole Ray cluster,
+    which Tune would otherwise leave PENDING forever."""
+    algo_cls = algorithm_class(experiment.run, experiment.name)
+    if not hasattr(algo_cls, "default_resource_request"):
+        return
+    variant = next(config_variants(experiment.config))
+    with _QuietRLlib():
+        config = algo_cls.get_default_config().update_from_dict(variant)
+        needed = algo_cls.default_resource_request(config).required_resources
+    available = ray.cluster_resources()
+    short = {k: v for k, v in needed.items() if v > available.get(k, 0) + 1e-9}
+    if not short:
+        return
+
+    def fmt(resources: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU"))
+
+    message = (
+        f"experiment '{experiment.name}' needs {fmt(needed)} per trial but this Ray cluster has "
+        f"{fmt({k: available.get(k, 0) for k in ('CPU', 'GPU')})}: lower num_env_runners, "
+        "evaluation_num_env_runners or num_gpus_* in its config, or pass --address"
+    )
+    if local:
+        raise UserError(message)
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class RaiseStop(tune.Callback):
+    """Extends the stop conditions of restored trials (Tune keeps them in the experiment state)."""
+
+    def __init__(self, stop: dict[str, Any]) -> None:
+        self.stop = stop
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        for trial in trials:
+            trial.stopping_criterion.update(self.stop)
+
+
+def run_experiment(experiment: Experiment, resume: bool = False,
+                   stop_override: dict[str, Any] | None = None, verbose: int = 1) -> list[Any]:
+    """Runs (or with `resume`, restores and continues) one experiment; returns Tune's results."""
+    storage_path = os.path.abspath(
+        os.path.expanduser(experiment.storage_path or "~/ray_results")
+    )
+    experiment_dir = os.path.join(storage_path, experiment.name)
+    if resume and tune.Tuner.can_restore(experiment_dir):
+        print(f"Resuming {experiment_dir} from its trials' latest checkpoints", flush=True)
+        resume_config = tune.ResumeConfig(
+            unfinished=tune.ResumeConfig.ResumeType.RESUME,
+            errored=tune.ResumeConfig.ResumeType.RESUME,
+            # With a new stop condition, finished trials go on from their last checkpoint too.
+            finished=tune.ResumeConfig.ResumeType.RESUME if stop_override
+            else tune.ResumeConfig.ResumeType.SKIP,
+        )
+        tuner = tune.Tuner.restore(experiment_dir, trainable=experiment.run,
+                                   _resume_config=resume_config)
+        if stop_override:
+            # Trials keep their stop conditions in the experiment state; raise them.
+            tuner._local_tuner.get_run_config().callbacks.append(RaiseStop(stop_override))
+    else:
+        if resume:
+            print(f"Nothing to resume at {experiment_dir}; starting the experiment", flush=True)
+        tuner = tune.Tuner(
+            experiment.run,
+            param_space=to_tune_search_spaces(experiment.config, "config", experiment.name),
+            tune_config=tune.TuneConfig(num_samples=experiment.num_samples),
+            run_config=tune.RunConfig(
+                name=experiment.name,
+                storage_path=storage_path,
+                stop=experiment.stop or None,
+                checkpoint_config=tune.CheckpointConfig(**experiment.checkpoint_config),
+                failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
+                callbacks=[TBXLoggerCallback()],
+                verbose=verbose,
+            ),
+        )
+    return list(tuner.fit())
+
+
+def summarize(experiment: Experiment, results: list[Any]) -> tuple[int, int]:
+    """Prints one line per trial (iteration, returns, checkpoint).
+
+    Returns the numbers of failed and of unfinished (interrupted) trials.
+    """
+    errors = unfinished = 0
+    print(f"\n{experiment.name}: {len(results)} trial(s)")
+    for result in results:
+        metrics = result.metrics or {}
+        evaluation = metrics.get("evaluation", {}).get("env_runners", {})
+        training = metrics.get("env_runners", {})
+        parts = [os.path.basename(result.path)]
+        if result.error:
+            errors += 1
+            parts.append(f"ERROR: {str(result.error).splitlines()[0][:200]}")
+        elif not metrics.get("done"):
+            unfinished += 1
+            parts.append("unfinished")
+        parts.append(f"iteration {metrics.get('training_iteration', 0)}")
+        if "episode_return_mean" in training:
+            parts.append(f"return {training['episode_return_mean']:.1f}")
+        if "episode_return_mean" in evaluation:
+            parts.append(f"evaluation return {evaluation['episode_return_mean']:.1f}")
+        if result.checkpoint is not None:
+            parts.append(f"checkpoint {result.checkpoint.path}")
+        print("  " + " | ".join(parts))
+    return errors, unfinished
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """`train file X.yaml`: checks every experiment, then runs them one after the other."""
+    config_override = parse_json_arg("--config", args.config)
+    stop_override = parse_json_arg("--stop", args.stop)
+    experiments = load_experiments(args.file, config_override, stop_override, args.storage_path,
+                                   only=args.experiment)
+    for experiment in experiments:
+        if args.num_samples is not None:
+            experiment.num_samples = args.num_samples
+        if args.checkpoint_freq is not None:
+            experiment.checkpoint_config["checkpoint_frequency"] = args.checkpoint_freq
+    init_ray(args.address, args.num_cpus, args.num_gpus, args.dashboard)
+    for experiment in experiments:
+        check_resources(experiment, local=args.address is None)
+    errors = unfinished = 0
+    for experiment in experiments:
+        results = run_experiment(experiment, resume=args.resume, stop_override=stop_override,
+                                 verbose=args.verbose)
+        failed, interrupted = summarize(experiment, results)
+        errors, unfinished = errors + failed, unfinished + interrupted
+        if interrupted:
+            break
+    if unfinished:
+        resume = f"{args.prog} train file {args.file} --resume"
+        if args.storage_path:
+            resume += f" --storage-path {args.storage_path}"
+        print(f"interrupted: {unfinished} trial(s) unfinished; continue them with: {resume}",
+              file=sys.stderr)
+        return 130
+    if errors:
+        print(f"error: {errors} trial(s) failed; see error.txt in their trial directories",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate, plot, serve
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`evaluate CHECKPOINT`: Table 1 over --episodes games, optional JSON and video."""
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.video:
+        evaluate.check_video_path(args.video)
+    checkpoint = evaluate.find_checkpoint(args.checkpoint)
+    init_ray(args.address, args.num_cpus, args.num_gpus)
+    algo = evaluate.load_algorithm(
+        checkpoint,
+        env=args.env,
+        seed=args.seed,
+        num_env_runners=args.num_env_runners,
+        envs_per_env_runner=args.envs_per_env_runner,
+    )
+    try:
+        if args.video:
+            evaluate.check_video(algo, args.video, env=args.env)
+        report = evaluate.play_games(algo, args.episodes, progress=not args.quiet,
+                                     checkpoint=checkpoint)
+        print(evaluate.format_table(report))
+        if args.out:
+            evaluate.write_json(report, args.out)
+            print(f"Wrote {args.out}")
+        if args.video:
+            path, score, steps = evaluate.record_video(
+                algo, args.video, env=args.env, seed=args.seed, max_steps=args.video_max_steps
+            )
+            print(f"Wrote {path} (one game: score {score:g}, {steps} steps)")
+    finally:
+        algo.stop()
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """`plot RUN_DIR`: the losses and returns of a run (or a sweep) into a PNG."""
+    path = plot.plot_run(args.run_dir, args.output, x=args.x)
+    print(f"Wrote {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`serve CHECKPOINT`: Ray Serve HTTP endpoint (rllib_barlowzero.serve) until Ctrl-C."""
+    from rllib_barlowzero import serve
+
+    try:
+        checkpoint = evaluate.find_checkpoint(args.checkpoint)
+    except evaluate.CheckpointError as e:
+        try:  # serve also takes an RLModule directory (module.save_to_path)
+            checkpoint = str(serve.resolve_module_dir(args.checkpoint))
+        except FileNotFoundError:
+            raise e from None
+    serve.serve_checkpoint(checkpoint, port=args.port, host=args.host, blocking=True)
+    return 0
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of `rllib` / `barlowzero` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="BarlowZero (EfficientZero with a Barlow Twins consistency loss) on RLlib: "
+        "train YAML experiments with Tune, evaluate checkpoints, plot runs, serve agents.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_ray_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", help="address of a running Ray cluster (default: start a "
+                       "local one sized to this machine)")
+        p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+        p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray (default: all)")
+
+    train = commands.add_parser("train", help="train the experiments of a YAML file with Tune")
+    train_kinds = train.add_subparsers(dest="kind", required=True, metavar="file")
+    train_file = train_kinds.add_parser(
+        "file", help="run the experiments of an RLlib YAML file",
+        description="Runs every experiment of an RLlib YAML file with tune.Tuner.",
+    )
+    train_file.add_argument("file", help="YAML file: {name: {run, env, stop, config, ...}}")
+    train_file.add_argument("--storage-path", help="where runs go (default: the YAML's "
+                            "storage_path, else ~/ray_results)")
+    train_file.add_argument("--resume", action="store_true",
+                            help="continue the experiment of the same name in the storage path "
+                            "from its trials' latest checkpoints (with --stop: also finished "
+                            "trials, up to the new stop)")
+    train_file.add_argument("--config", help="JSON merged into every experiment's config, "
+                            "e.g. '{\"lr\": 0.02}'")
+    train_file.add_argument("--stop", help="JSON merged into every experiment's stop, "
+                            "e.g. '{\"training_iteration\": 5}'")
+    train_file.add_argument("-e", "--experiment", action="append", metavar="NAME",
+                            help="run only this experiment of the file (repeatable)")
+    train_file.add_argument("--num-samples", type=int, help="trials per point of the search")
+    train_file.add_argument("--checkpoint-freq", type=int,
+                            help="checkpoint every N training iterations")
+    train_file.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2),
+                            help="Tune's output: 0 silent, 1 progress table (default), 2 every "
+                            "result")
+    train_file.add_argument("--dashboard", action="store_true", help="start Ray's dashboard")
+    add_ray_args(train_file)
+    train_file.set_defaults(func=cmd_train)
+
+    ev = commands.add_parser("evaluate", help="play full games with a checkpoint (Table 1)",
+                             description="Restores a BarlowZero checkpoint and plays whole "
+                             "games with greedy search; prints max / mean / median / min / std.")
+    ev.add_argument("checkpoint", help="checkpoint directory (or a trial directory: its latest)")
+    ev.add_argument("--episodes", type=int, default=32, help="games to play (default: 32)")
+    ev.add_argument("--env", help="play this env id instead of the checkpoint's")
+    ev.add_argument("--out", help="write the scores to this JSON file")
+    ev.add_argument("--video", help="record one game to this .gif or .mp4 file")
+    ev.add_argument("--video-max-steps", type=int, default=None,
+                    help="cap the recorded game at this many steps")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation envs")
+    ev.add_argument("--num-env-runners", type=int, default=0,
+                    help="parallel evaluation env runners (default: 0, play in this process)")
+    ev.add_argument("--envs-per-env-runner", type=int, default=1,
+                    help="games played at once per env runner (default 1; more is faster but "
+                    "favours short games)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_args(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    pl = commands.add_parser("plot", help="plot the losses and returns of a run",
+                             description="Plots every loss, the learning rate and the returns of "
+                             "the trials under RUN_DIR (one trial or a sweep, overlaid).")
+    pl.add_argument("run_dir", help="an experiment or trial directory")
+    pl.add_argument("-o", "--output", help="PNG file (default: RUN_DIR/training_curves.png)")
+    pl.add_argument("--x", default="training_steps",
+                    choices=("training_steps", "env_steps", "iteration", "time"),
+                    help="x axis (default: gradient steps)")
+    pl.set_defaults(func=cmd_plot)
+
+    sv = commands.add_parser("serve", help="serve a checkpoint over HTTP with Ray Serve")
+    sv.add_argument("checkpoint", help="checkpoint directory (or a trial directory: its latest)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `rllib` and `barlowzero` console scripts."""
+    prog = os.path.basename(sys.argv[0]) if argv is None else "barlowzero"
+    if prog not in ("rllib", "barlowzero"):
+        prog = "barlowzero"
+    args = build_parser(prog).parse_args(argv)
+    args.prog = prog
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, evaluate.EvaluateError, plot.PlotError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

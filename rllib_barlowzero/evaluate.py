@@ -1,0 +1,366 @@
+"""Evaluating a BarlowZero checkpoint: the paper's Table 1 (max / mean / min score of whole games).
+
+    algo = load_algorithm("path/to/checkpoint_000010")
+    report = play_games(algo, episodes=32)           # greedy search, whole games, raw scores
+    print(format_table(report)); write_json(report, "results.json")
+    record_video(algo, "game.gif")
+
+Games are played by the algorithm's evaluation env runners (for Atari: no episodic life, raw
+rewards, the `max_moves` cap), with `explore=False`: the search without root noise, the most
+visited action. With one env per runner (the default) every started game is reported; with more,
+RLlib stops at the first N finished games, which favours short games.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "EvaluateError",
+    "find_checkpoint",
+    "format_table",
+    "load_algorithm",
+    "play_games",
+    "check_video",
+    "check_video_path",
+    "record_video",
+    "summary_statistics",
+    "write_json",
+]
+
+CHECKPOINT_FILES = ("rllib_checkpoint.json", "class_and_ctor_args.pkl")
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+class EvaluateError(Exception):
+    """A user mistake (bad checkpoint, env or video path): reported as one line."""
+
+
+class CheckpointError(EvaluateError):
+    """The path is not a BarlowZero checkpoint."""
+
+
+def _checkpoint_info(path: Path) -> dict[str, Any]:
+    """The checkpoint's `class_and_ctor_args.pkl`: the algorithm class and its config dict."""
+    for name in CHECKPOINT_FILES:
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path} is not an RLlib algorithm checkpoint (no {name})")
+    try:
+        with open(path / "class_and_ctor_args.pkl", "rb") as f:
+            return pickle.load(f)
+    except Exception as e:  # unpickling runs arbitrary imports; report any failure in one line
+        raise CheckpointError(f"{path}: cannot read class_and_ctor_args.pkl: {e}") from None
+
+
+def find_checkpoint(path: str) -> str:
+    """Resolves `path` to a BarlowZero checkpoint directory.
+
+    `path` is a checkpoint (`algo.save_to_path`, Tune's `checkpoint_000012`), or a Tune trial
+    directory, whose latest checkpoint is taken.
+    """
+    from rllib_barlowzero.barlowzero import BarlowZero
+
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if not root.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint directory")
+    if not (root / "rllib_checkpoint.json").exists():
+        latest = sorted(root.glob("checkpoint_*"), key=lambda p: p.name)
+        if not latest:
+            raise CheckpointError(
+                f"{path} is not a BarlowZero checkpoint (no rllib_checkpoint.json, and no "
+                "checkpoint_* directories in it)"
+            )
+        root = latest[-1]
+        print(f"Using the latest checkpoint of the trial: {root}", file=sys.stderr)
+    cls = _checkpoint_info(root)["class"]
+    if not (isinstance(cls, type) and issubclass(cls, BarlowZero)):
+        name = getattr(cls, "__name__", repr(cls))
+        raise CheckpointError(f"{root} is a {name} checkpoint, not a BarlowZero one")
+    return str(root)
+
+
+def load_algorithm(
+    checkpoint: str,
+    env: str | None = None,
+    seed: int | None = 0,
+    num_env_runners: int = 0,
+    envs_per_env_runner: int = 1,
+) -> Any:
+    """Restores the algorithm of `checkpoint` (`Algorithm.from_checkpoint`), resized to evaluate.
+
+    Training env runners and learners shrink to one local process (a GPU is used only if there is
+    one); evaluation gets `num_env_runners` runners (0: this process) with `envs_per_env_runner`
+    games each, greedy search, and optionally another `env` and `seed`.
+    """
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    checkpoint = find_checkpoint(checkpoint)
+    config = dict(_checkpoint_info(Path(checkpoint))["ctor_args_and_kwargs"][0][0])
+    gpu = torch.cuda.is_available()
+    config.update(
+        num_env_runners=0,
+        num_envs_per_env_runner=1,
+        num_learners=0,
+        num_gpus_per_learner=min(1, config.get("num_gpus_per_learner", 0)) if gpu else 0,
+        num_gpus_per_env_runner=config.get("num_gpus_per_env_runner", 0) if gpu else 0,
+        evaluation_num_env_runners=num_env_runners,
+        evaluation_config={
+            **(config.get("evaluation_config") or {}),
+            "explore": False,
+            "num_envs_per_env_runner": envs_per_env_runner,
+            "callbacks_on_episode_end": _on_episode_end,
+        },
+    )
+    trained_on = config.get("env")
+    if env is not None:
+        from rllib_barlowzero.cli import UserError, check_env
+
+        try:
+            check_env(env)
+        except UserError as e:
+            raise EvaluateError(f"--env: {e}") from None
+        config["env"] = env
+    if seed is not None:
+        config["seed"] = seed
+    try:
+        algo = Algorithm.from_checkpoint(checkpoint, config=config)
+    except RuntimeError as e:
+        if env is None or "size mismatch" not in str(e):
+            raise
+        raise EvaluateError(
+            f"--env {env}: its observations or actions differ from those of {trained_on}, "
+            "the env the checkpoint was trained on"
+        ) from None
+    # The restore syncs the training env runners; the evaluation ones get the weights here.
+    algo.eval_env_runner_group.sync_weights(
+        from_worker_or_learner_group=algo.learner_group, inference_only=True
+    )
+    return algo
+
+
+class _ProgressBar:
+    """A progress bar over games on stderr, fed by the evaluation env runner's episode ends."""
+
+    def __init__(self) -> None:
+        self.total = 0  # 0: off (remote env runners import their own copy of this module)
+        self.scores: list[float] = []
+
+    def start(self, total: int) -> None:
+        self.total, self.scores = total, []
+
+    def add(self, score: float) -> None:
+        if not self.total or len(self.scores) >= self.total:
+            return
+        self.scores.append(score)
+        done, width = len(self.scores), 30
+        filled = width * done // self.total
+        print(
+            f"\rgames [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}  "
+            f"last {score:g}  mean {np.mean(self.scores):.1f}",
+            end="\n" if done == self.total else "",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+_progress_bar = _ProgressBar()
+
+
+def _on_episode_end(*, episode: Any, prev_episode_chunks: Any = (), **kwargs: Any) -> None:
+    """RLlib `on_episode_end` callback of the evaluation env runners: moves the progress bar."""
+    _progress_bar.add(float(episode.get_return() + sum(c.get_return() for c in
+                                                       prev_episode_chunks or ())))
+
+
+def _play(env_runner: Any, num_games: int) -> list[tuple[float, int]]:
+    # One `sample` call per runner: RLlib re-seeds the envs at the start of every
+    # `sample(num_episodes=...)`, so one call per game would replay the same game.
+    episodes = env_runner.sample(num_episodes=num_games, explore=False)
+    return [(float(e.get_return()), len(e)) for e in episodes]
+
+
+def play_games(
+    algo: Any, episodes: int = 32, progress: bool = True, checkpoint: str | None = None
+) -> dict[str, Any]:
+    """Plays `episodes` whole games with the evaluation env runners; returns scores and lengths.
+
+    Each runner plays its share of the games back to back (one env each by default), so the
+    games are the first `episodes` ones started from the seeded envs.
+    """
+    if episodes < 1:
+        raise EvaluateError(f"--episodes must be >= 1, got {episodes}")
+    group = algo.eval_env_runner_group
+    start = time.perf_counter()
+    if group.num_remote_env_runners() == 0:
+        _progress_bar.start(episodes if progress else 0)
+        results = _play(algo.eval_env_runner, episodes)
+        _progress_bar.start(0)
+    else:
+        per_runner = -(-episodes // group.num_remote_env_runners())
+        results = [
+            game
+            for played in group.foreach_env_runner(
+                lambda er: _play(er, per_runner), local_env_runner=False
+            )
+            for game in played
+        ]
+    results = results[:episodes]
+    scores = [score for score, _ in results]
+    lengths = [length for _, length in results]
+    return {
+        "checkpoint": checkpoint,
+        "algorithm": type(algo).__name__,
+        "env": str(algo.config.env),
+        "episodes": len(results),
+        "seed": algo.config.seed,
+        "explore": False,
+        "scores": scores,
+        "lengths": lengths,
+        "score": summary_statistics(scores),
+        "length": summary_statistics(lengths),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def summary_statistics(values: list[float]) -> dict[str, float]:
+    """max, mean, median, min and (population) standard deviation."""
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "max": float(array.max()),
+        "mean": float(array.mean()),
+        "median": float(np.median(array)),
+        "min": float(array.min()),
+        "std": float(array.std()),
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The paper's Table 1 (max / mean / min score) plus median, std and episode lengths."""
+    lines = [
+        f"{report['algorithm']} on {report['env']}: {report['episodes']} games, greedy search"
+        + (f", checkpoint {report['checkpoint']}" if report.get("checkpoint") else ""),
+        "",
+        f"{'':8}{'score':>12}{'length':>12}",
+    ]
+    for stat in ("max", "mean", "median", "min", "std"):
+        lines.append(f"{stat:8}{report['score'][stat]:12.1f}{report['length'][stat]:12.1f}")
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: str) -> None:
+    """Writes the report (scores, lengths, statistics) as JSON."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+
+
+def _make_render_env(algo: Any, path: str, env_id: str | None = None) -> tuple[Any, Any]:
+    """An env of the evaluation setup and a function returning its current RGB frame."""
+    from rllib_barlowzero.env.atari import atari_env_creator, is_atari_env_id
+
+    check_video_path(path)
+    env_id = env_id or algo.config.env
+    env_config = dict(algo.config.get_evaluation_config_object().env_config or {})
+    if is_atari_env_id(env_id):
+        env = atari_env_creator({"env_id": env_id, "max_moves": algo.config.max_moves,
+                                 **env_config})
+        # The full-resolution screen (the last raw frame of each agent step).
+        return env, lambda: env.unwrapped.ale.getScreenRGB()
+    if env_id not in gym.registry:
+        raise EvaluateError(f"--video: cannot render '{env_id}' (not a gymnasium env id)")
+    try:
+        env = gym.make(env_id, render_mode="rgb_array", **env_config)
+        env.reset()
+        env.render()
+    except gym.error.DependencyNotInstalled as e:
+        raise EvaluateError(f"--video: rendering {env_id} needs a package: {e}") from None
+    return env, env.render
+
+
+def _can_write_mp4() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("imageio_ffmpeg", "av"))
+
+
+def check_video_path(path: str) -> None:
+    """Refuses a video file name that is not .gif or .mp4 (or .mp4 without an encoder)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise EvaluateError(f"--video: {path}: use a .gif or .mp4 file name")
+    if suffix == ".mp4" and not _can_write_mp4():
+        raise EvaluateError("--video: MP4 needs `pip install imageio-ffmpeg`; or use a .gif")
+
+
+def check_video(algo: Any, path: str, env: str | None = None) -> None:
+    """Fails early (before the games) if `path` or the env cannot make a video."""
+    game, _ = _make_render_env(algo, path, env)
+    game.close()
+
+
+def record_video(
+    algo: Any,
+    path: str,
+    env: str | None = None,
+    seed: int | None = 0,
+    max_steps: int | None = None,
+    fps: int = 25,
+) -> tuple[str, float, int]:
+    """Plays one greedy game with the algorithm's module and writes its frames to a GIF or MP4.
+
+    Atari games show the full 210x160 screen. A GIF merges identical consecutive frames (and adds
+    up their durations). Returns (path, score, steps).
+    """
+    import imageio
+
+    from rllib_barlowzero.env.frame_stacking import stack_frames
+
+    suffix = Path(path).suffix.lower()
+    game, render = _make_render_env(algo, path, env)
+    module = algo.get_module()
+    n = algo.config.stacked_observations
+    try:
+        obs, _ = game.reset(seed=seed)
+        history = deque([obs] * n, maxlen=n)
+        frames = [np.asarray(render())]
+        score, steps, done = 0.0, 0, False
+        while not done and (max_steps is None or steps < max_steps):
+            stacked = stack_frames(np.stack(history), n - 1, n)
+            with torch.no_grad():
+                out = module.forward_inference({"obs": torch.as_tensor(stacked[None])})
+            action = int(np.asarray(out["actions"]).reshape(-1)[0])
+            obs, reward, terminated, truncated, _ = game.step(action)
+            history.append(obs)
+            frames.append(np.asarray(render()))
+            score += float(reward)
+            steps += 1
+            done = terminated or truncated
+    finally:
+        game.close()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        if suffix == ".gif":
+            imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
+        else:
+            imageio.mimsave(path, frames, fps=fps)
+    except (ImportError, ValueError, RuntimeError) as e:
+        hint = " (MP4 needs `pip install imageio-ffmpeg`; or use .gif)" if suffix == ".mp4" else ""
+        raise EvaluateError(f"--video: cannot write {path}: {e}{hint}") from None
+    return path, score, steps
+

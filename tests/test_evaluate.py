@@ -1,0 +1,127 @@
+"""`rllib evaluate` on an Atari checkpoint (whole games, a GIF of one), and checkpoint lookup."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import ray
+from PIL import Image, ImageSequence
+
+from rllib_barlowzero import BarlowZeroConfig
+from rllib_barlowzero.evaluate import (
+    CheckpointError,
+    find_checkpoint,
+    format_table,
+    summary_statistics,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RLLIB = str(Path(sys.executable).with_name("rllib"))
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+MAX_MOVES = 30
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="module")
+def breakout_checkpoint(tmp_path_factory) -> Path:
+    """An (untrained) tiny-network BarlowZero checkpoint on Breakout, games capped at 30 moves."""
+    path = tmp_path_factory.mktemp("breakout") / "checkpoint"
+    config = (
+        BarlowZeroConfig()
+        .environment("BreakoutNoFrameskip-v4")
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=1, rollout_fragment_length=10)
+        .training(
+            channels=8, reduced_channels_reward=2, reduced_channels_value=2,
+            reduced_channels_policy=2, resnet_fc_reward_layers=[8], resnet_fc_value_layers=[8],
+            resnet_fc_policy_layers=[8], lstm_hidden_size=16, support_size=10, proj_hid=32,
+            proj_out=32, pred_hid=16, pred_out=32, num_simulations=3, batch_size=4,
+            history_length=20, max_moves=MAX_MOVES,
+        )
+        .evaluation(evaluation_num_env_runners=0)
+        .debugging(seed=0)
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        algo = config.build_algo()
+        algo.save_to_path(str(path))
+        algo.stop()
+    finally:
+        ray.shutdown()
+    return path
+
+
+def test_evaluate_plays_whole_atari_games_and_records_a_gif(breakout_checkpoint, tmp_path):
+    out, video = tmp_path / "scores.json", tmp_path / "game.gif"
+    done = subprocess.run(
+        [RLLIB, "evaluate", str(breakout_checkpoint), "--episodes", "2", "--out", str(out),
+         "--video", str(video)],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "BarlowZero on BreakoutNoFrameskip-v4: 2 games" in done.stdout
+    assert "games [" in done.stderr  # the progress bar
+    report = json.loads(out.read_text())
+    # Evaluation games are whole games (no episodic life) cut at max_moves, with raw scores.
+    assert report["lengths"] == [MAX_MOVES, MAX_MOVES]
+    assert all(score >= 0 for score in report["scores"])
+    assert f"(one game: score {report['scores'][0]:g}, {MAX_MOVES} steps)" in done.stdout
+    # The GIF shows the full-resolution screen, one frame per agent step plus the first, 40 ms
+    # each (identical consecutive frames are merged into one longer frame).
+    frames = iio.imread(video, index=None)
+    assert frames.shape[1:3] == (210, 160) and frames.std() > 0
+    with Image.open(video) as gif:
+        durations = [frame.info["duration"] for frame in ImageSequence.Iterator(gif)]
+    assert sum(durations) == (MAX_MOVES + 1) * 40
+
+
+def test_find_checkpoint_takes_a_trial_directory_latest(breakout_checkpoint, tmp_path):
+    trial = tmp_path / "BarlowZero_trial"
+    for name in ("checkpoint_000000", "checkpoint_000002"):
+        shutil.copytree(breakout_checkpoint, trial / name)
+    assert find_checkpoint(str(trial)) == str(trial / "checkpoint_000002")
+    assert find_checkpoint(str(breakout_checkpoint)) == str(breakout_checkpoint)
+
+
+def test_find_checkpoint_refuses_other_algorithms_and_other_directories(
+    breakout_checkpoint, tmp_path
+):
+    from ray.rllib.algorithms.ppo import PPO
+
+    ppo = tmp_path / "ppo"
+    shutil.copytree(breakout_checkpoint, ppo)
+    with open(ppo / "class_and_ctor_args.pkl", "wb") as f:
+        pickle.dump({"class": PPO, "ctor_args_and_kwargs": ((), {})}, f)
+    with pytest.raises(CheckpointError, match="is a PPO checkpoint, not a BarlowZero one"):
+        find_checkpoint(str(ppo))
+    half = tmp_path / "half"
+    shutil.copytree(breakout_checkpoint, half)
+    (half / "class_and_ctor_args.pkl").unlink()
+    with pytest.raises(CheckpointError, match="no class_and_ctor_args.pkl"):
+        find_checkpoint(str(half))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        find_checkpoint(str(tmp_path / "nowhere"))
+
+
+def test_table_1_statistics():
+    stats = summary_statistics([427.0, 274.0, 352.0, 351.0])
+    assert stats == {
+        "max": 427.0, "mean": pytest.approx(351.0), "median": 351.5, "min": 274.0,
+        "std": pytest.approx(np.std([427.0, 274.0, 352.0, 351.0])),
+    }
+    table = format_table({
+        "algorithm": "BarlowZero", "env": "BreakoutNoFrameskip-v4", "episodes": 4,
+        "checkpoint": None, "score": stats, "length": summary_statistics([1, 2, 3, 4]),
+    })
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[3:]}
+    assert list(rows) == ["max", "mean", "median", "min", "std"]
+    assert rows["max"] == ["427.0", "4.0"] and rows["min"] == ["274.0", "1.0"]
