@@ -30,6 +30,7 @@ from rllib_barlowzero.env.atari import atari_env_creator, is_atari_env_id
 from rllib_barlowzero.env.frame_stacking import FrameStackingEnvToModule
 from rllib_barlowzero.reanalyze import Reanalyzer
 from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer
+from rllib_barlowzero.tensorboard import TensorBoardCallback
 from rllib_barlowzero.torch.barlowzero_torch_learner import NEW_PRIORITIES
 from rllib_barlowzero.torch.barlowzero_torch_rl_module import MCTS_POLICY, ROOT_VALUE
 
@@ -162,6 +163,9 @@ class BarlowZeroConfig(AlgorithmConfig):
         self.evaluation_duration = 32
         self.evaluation_duration_unit = "episodes"
         self.evaluation_config = {"explore": False}
+        # TensorBoard events from a plain `algo.train()` loop too (silent under Tune, which
+        # writes its own).
+        self.callbacks_class = TensorBoardCallback
 
     # Episodes keep single frames; the env runners need the last n-1 of them to stack.
     @property
