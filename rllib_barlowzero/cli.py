@@ -145,6 +145,11 @@ def known_algorithms() -> list[str]:
 
 def algorithm_class(run: str, experiment: str) -> type:
     """The Algorithm class registered with Tune as `run`."""
+    if run == "BarlowZero":
+        # Resolved directly: a registration made at import is lost once a Ray session ends.
+        from rllib_barlowzero.barlowzero import BarlowZero
+
+        return BarlowZero
     if run in ALGORITHMS or _global_registry.contains(TRAINABLE_CLASS, run):
         return get_trainable_cls(run)
     close = difflib.get_close_matches(run, known_algorithms(), n=1)
@@ -445,7 +450,8 @@ def run_experiment(experiment: Experiment, resume: bool = False,
             finished=tune.ResumeConfig.ResumeType.RESUME if stop_override
             else tune.ResumeConfig.ResumeType.SKIP,
         )
-        tuner = tune.Tuner.restore(experiment_dir, trainable=experiment.run,
+        tuner = tune.Tuner.restore(experiment_dir,
+                                   trainable=algorithm_class(experiment.run, experiment.name),
                                    _resume_config=resume_config)
         if stop_override:
             # Trials keep their stop conditions in the experiment state; raise them.
@@ -454,7 +460,7 @@ def run_experiment(experiment: Experiment, resume: bool = False,
         if resume:
             print(f"Nothing to resume at {experiment_dir}; starting the experiment", flush=True)
         tuner = tune.Tuner(
-            experiment.run,
+            algorithm_class(experiment.run, experiment.name),
             param_space=to_tune_search_spaces(experiment.config, "config", experiment.name),
             tune_config=tune.TuneConfig(num_samples=experiment.num_samples),
             run_config=tune.RunConfig(
