@@ -358,19 +358,27 @@ class BarlowZeroDeployment:
         limit = self.max_body_bytes
         too_large = f"request body too large: the limit is {limit} bytes"
         length = request.headers.get("content-length")
+        refusal = None
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
                 raise ObservationError("malformed Content-Length header") from None
             if declared > limit:
-                raise ObservationError(f"{too_large}; Content-Length is {declared}")
+                refusal = f"{too_large}; Content-Length is {declared}"
+        # A refused body is still read to its end (up to 16x the limit, not kept), so a client
+        # that is still sending reads the 400 rather than a reset connection.
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limit:
-                raise ObservationError(too_large)
-            chunks.append(chunk)
+            if size > limit and refusal is None:
+                refusal, chunks = too_large, []
+            if refusal is None:
+                chunks.append(chunk)
+            elif size > 16 * limit:
+                break
+        if refusal is not None:
+            raise ObservationError(refusal)
         return b"".join(chunks)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
