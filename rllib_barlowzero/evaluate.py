@@ -72,7 +72,7 @@ def find_checkpoint(path: str) -> str:
     """
     from rllib_barlowzero.barlowzero import BarlowZero
 
-    root = Path(path).expanduser()
+    root = Path(path).expanduser().resolve()
     if not root.exists():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if not root.is_dir():

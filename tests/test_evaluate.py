@@ -92,6 +92,13 @@ def test_find_checkpoint_takes_a_trial_directory_latest(breakout_checkpoint, tmp
     assert find_checkpoint(str(breakout_checkpoint)) == str(breakout_checkpoint)
 
 
+def test_find_checkpoint_makes_relative_paths_absolute(breakout_checkpoint, monkeypatch):
+    # RLlib's restore reads a relative path as a URI without a scheme and fails.
+    monkeypatch.chdir(breakout_checkpoint.parent)
+    found = find_checkpoint(breakout_checkpoint.name)
+    assert found == str(breakout_checkpoint.resolve())
+
+
 def test_find_checkpoint_refuses_other_algorithms_and_other_directories(
     breakout_checkpoint, tmp_path
 ):
