@@ -126,7 +126,7 @@ def test_value_targets_bootstrap_from_the_target_model():
             horizon = k + int(n[b])
             rewards = windows.rewards[b, k:min(horizon, steps_left)]
             value = float(np.sum(rewards * gamma ** np.arange(len(rewards))))
-            if horizon < steps_left or (not terminated and horizon >= steps_left):
+            if not (terminated and horizon >= steps_left):  # no bootstrap past a terminal
                 j = min(horizon, steps_left)
                 obs = torch.from_numpy(gather_stacks(windows.frames[b:b + 1],
                                                      np.array([[j]]), 2)[:, 0])
