@@ -153,7 +153,9 @@ class BarlowZeroTorchLearner(TorchLearner):
             "target_value_mean": batch["target_value"][:, 0].mean(),
             "policy_entropy": entropy.mean(),
         }
-        for key, value in log.items():
-            self.metrics.log_value((module_id, key), float(value.detach()), window=1)
+        # One device-to-host copy for all scalars (not one sync per metric).
+        values = torch.stack([v.detach().float().reshape(()) for v in log.values()]).cpu().tolist()
+        for key, value in zip(log, values, strict=True):
+            self.metrics.log_value((module_id, key), value, window=1)
         self.metrics.log_value((module_id, NEW_PRIORITIES), priorities, reduce="item_series")
         return total

@@ -140,9 +140,8 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         actions = batch[Columns.ACTIONS].long()
         num_unroll = actions.shape[1]
         augmentations = cfg.get("augmentation", [])
-        generator = None
         if augmentations and obs.dim() == 4:
-            obs = augment(obs.float() / 255.0, augmentations, generator) * 255.0
+            obs = augment(obs.float() / 255.0, augmentations) * 255.0
 
         state = net.representation(obs)
         policy_logits, value_logits = net.prediction(state)
@@ -170,7 +169,7 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
             target_obs = batch["target_obs"]
             flat_target = target_obs.reshape(-1, *target_obs.shape[2:])
             if augmentations and flat_target.dim() == 4:
-                flat_target = augment(flat_target.float() / 255.0, augmentations, generator) * 255.0
+                flat_target = augment(flat_target.float() / 255.0, augmentations) * 255.0
             online = torch.stack(states, dim=1)
             online = net.project(online.reshape(-1, *online.shape[2:]), with_grad=True)
             if cfg["consistency_loss"] == "simsiam":
