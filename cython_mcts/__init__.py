@@ -2,13 +2,15 @@
 
 Usage::
 
-    from cython_mcts import MCTSConfig, run_mcts
+    from cython_mcts import MCTSConfig, greedy_actions, run_mcts
 
     cfg = MCTSConfig(num_simulations=50)
-    out = run_mcts(root_logits, root_values, recurrent_fn, cfg, noise=noise, legal_actions=mask)
+    out = run_mcts(root_logits, root_values, recurrent_fn, cfg, noise=noise, legal_actions=mask,
+                   seed=int(rng.integers(2**63)))
     out.visit_counts   # int32 [B, A]
     out.root_values    # float32 [B]
     out.search_policy  # float32 [B, A]
+    actions = greedy_actions(out.visit_counts, rng)   # int64 [B], rng: numpy Generator
 
 Semantics (see DESIGN.md section 3.1; the pure-Python reference lives in
 `tests/mcts_reference.py`):
@@ -26,8 +28,17 @@ Semantics (see DESIGN.md section 3.1; the pure-Python reference lives in
   the parent's depth is a multiple of `lstm_horizon_len`; otherwise the first output of
   `recurrent_fn` is the reward itself.
 - pUCT selection with MuZero's constants, EfficientZero's mean-Q for unvisited children, and
-  min-max statistics (one per root) updated along each backup path, root included. Ties go to
-  the lowest action index; the search is deterministic.
+  min-max statistics (one per root) updated with Q(x) = reward(x) + discount * value(x) for every
+  node x on each backup path except the root (EfficientZero). They start empty; while
+  max <= min, Qn = Q clipped to [0, 1]. The root starts with one visit and its predicted value
+  (counted in `root_values`, never in the statistics).
+- Ties are broken at random, reproducibly: children (legal ones, at the root) whose scores are
+  within 1e-6 of the best are tied, and one is drawn uniformly from root b's own stream of a
+  small generator seeded from `(seed, b)` (splitmix64; exact specification in
+  `cython_mcts/_tree.pyx`). Same inputs and seed, same result; there is no global or
+  clock-seeded state.
+- `greedy_actions(visit_counts, rng)`: the acting-time greedy action, most visited, ties drawn
+  with the caller's numpy Generator.
 
 Inputs that are float arrays of another float dtype (float16/float64, or torch CPU tensors)
 are converted to float32; wrong shapes, non-float dtypes and non-finite values raise
@@ -46,7 +57,7 @@ import numpy as np
 
 from cython_mcts._tree import search as _search
 
-__all__ = ["MCTSConfig", "RecurrentFn", "SearchOutput", "run_mcts"]
+__all__ = ["MCTSConfig", "RecurrentFn", "SearchOutput", "greedy_actions", "run_mcts"]
 
 RecurrentFn = Callable[
     [np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -55,6 +66,7 @@ RecurrentFn = Callable[
 -> (value_prefix float32[B], value float32[B], logits float32[B, A])."""
 
 _MAX_SIMULATIONS = 2**31 - 2
+_SEED_LIMIT = 2**64
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,25 @@ def _legal_mask(value: Any, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def _seed_array(seed: Any, batch: int) -> np.ndarray:
+    """`seed` (one int, or one per root) as uint64 [B], or a ValueError naming `seed`."""
+    message = f"seed must be an int in [0, 2**64 - 1] or B={batch} of them"
+
+    def one(value: Any) -> int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{message}, got {seed!r}")
+        if not 0 <= int(value) < _SEED_LIMIT:
+            raise ValueError(f"{message}, got {seed!r}")
+        return int(value)
+
+    if isinstance(seed, np.ndarray | list | tuple):
+        values = list(np.asarray(seed, dtype=object).reshape(-1)) if np.ndim(seed) == 1 else None
+        if values is None or len(values) != batch:
+            raise ValueError(f"{message}, got shape {np.shape(seed)}")
+        return np.array([one(v) for v in values], dtype=np.uint64)
+    return np.full(batch, one(seed), dtype=np.uint64)
+
+
 def run_mcts(
     root_logits: np.ndarray,
     root_values: np.ndarray,
@@ -189,6 +220,7 @@ def run_mcts(
     config: MCTSConfig,
     noise: np.ndarray | None = None,
     legal_actions: np.ndarray | None = None,
+    seed: int | np.ndarray = 0,
 ) -> SearchOutput:
     """Runs `config.num_simulations` simulations from each of B roots at once.
 
@@ -206,13 +238,25 @@ def run_mcts(
         noise: float32 [B, A], non-negative (e.g. Dirichlet) noise for the root priors, or None.
             Only the legal actions' entries are used, renormalised to sum to 1.
         legal_actions: bool [B, A] (or integer 0/1), the roots' legal actions; None = all.
+        seed: int in [0, 2**64 - 1] (Python or numpy integer, not a bool; negative or larger
+            values are refused, not reduced), the seed of the tie-breaking generator. Root b
+            draws from its own splitmix64 stream, initial state
+            `mix(mix(seed + G) + (b + 1) * G)` (G = 0x9E3779B97F4A7C15, arithmetic mod 2**64),
+            and a draw among n >= 2 tied children takes the next output x with
+            `x >= 2**64 mod n` (rejection) and picks the `(x % n)`-th tied child in ascending
+            action order; a single best child draws nothing. See `cython_mcts/_tree.pyx` for
+            the exact specification. Identical inputs and seed give identical results; pass a
+            fresh seed per search (e.g. from the caller's numpy Generator) for independent ties.
+            Or one such seed per root, [B] (e.g. one from each env slot's generator): root b's
+            stream then starts from `seed[b]` in the same formula, so an int `s` equals
+            `[s] * B`.
 
     Returns:
         `SearchOutput` with `visit_counts` int32 [B, A] and `root_values` float32 [B].
 
     Raises:
         ValueError: on a wrong shape/dtype, a non-finite value, an all-illegal root, a
-            non-callable `recurrent_fn` or a bad output of it.
+            non-callable `recurrent_fn`, a bad output of it or a bad `seed`.
     """
     if not isinstance(config, MCTSConfig):
         raise ValueError(f"config must be an MCTSConfig, got {type(config).__name__}")
@@ -228,6 +272,7 @@ def run_mcts(
     if batch < 1 or num_actions < 1:
         raise ValueError(f"root_logits must be a float32 [B, A] array with B >= 1 and A >= 1, "
                          f"got shape {logits_shape}")
+    seeds = _seed_array(seed, batch)
     logits = _float_array("root_logits", root_logits, (batch, num_actions), "[B, A]")
     values = _float_array("root_values", root_values, (batch,), f"[B={batch}]")
     if legal_actions is None:
@@ -249,5 +294,47 @@ def run_mcts(
         logits, values, recurrent_fn, config.num_simulations, config.discount,
         config.pb_c_base, config.pb_c_init, config.root_exploration_fraction,
         config.value_prefix, config.lstm_horizon_len, config.value_delta_max, noise_array, mask,
+        seeds,
     )
     return SearchOutput(visit_counts=counts, root_values=root_value)
+
+
+def greedy_actions(visit_counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The greedy action of each root: its most visited action, ties drawn uniformly.
+
+    Args:
+        visit_counts: integer [B, A] (e.g. `SearchOutput.visit_counts`), non-negative. Illegal
+            actions have 0 visits there, so they can only tie when a whole row is 0 (never
+            after a search, whose rows sum to `num_simulations` >= 1).
+        rng: the caller's `numpy.random.Generator`. Each call draws exactly once, the array
+            `rng.integers(0, n_tied)` (n_tied: int64 [B], the number of actions sharing each
+            row's maximum), and returns for row b the `k[b]`-th of its most visited actions in
+            ascending order. The same generator state gives the same actions.
+
+    Returns:
+        int64 [B], the chosen action of each root.
+
+    Raises:
+        ValueError: if `visit_counts` is not a non-negative integer [B, A] array with B, A >= 1,
+            or `rng` is not a `numpy.random.Generator`.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    try:
+        counts = np.asarray(visit_counts)
+    except Exception as exc:
+        raise ValueError(f"visit_counts must be an integer [B, A] array; could not convert "
+                         f"{type(visit_counts).__name__}: {exc}") from exc
+    if counts.dtype.kind not in "iu" or counts.ndim != 2 or 0 in counts.shape:
+        raise ValueError(f"visit_counts must be an integer [B, A] array with B, A >= 1, got "
+                         f"dtype {counts.dtype} and shape {counts.shape}")
+    if (counts < 0).any():
+        raise ValueError("visit_counts must be non-negative")
+    is_max = counts == counts.max(axis=1, keepdims=True)
+    n_tied = is_max.sum(axis=1)
+    k = rng.integers(0, n_tied)                               # one draw per root, in [0, n_tied)
+    # Index of the (k + 1)-th True of each row: the first column where the running count of
+    # maxima reaches k + 1.
+    rank = np.cumsum(is_max, axis=1)
+    hit = is_max & (rank == (k + 1)[:, None])
+    return hit.argmax(axis=1).astype(np.int64)

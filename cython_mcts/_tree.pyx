@@ -10,10 +10,28 @@ backup run in C without the GIL; per simulation the only Python work is one call
 `recurrent_fn` and a few C-API checks on what it returns.
 
 Arithmetic is done in double precision in a fixed operation order (MuZero's pseudocode order);
-the pure-Python reference in `tests/mcts_reference.py` uses the same order, so the two agree
-bit for bit and break ties the same way (lowest action index). (That holds for the default
+the pure-Python reference in `tests/mcts_reference.py` uses the same order and the same tie
+generator (below), so the two agree bit for bit, tie draws included. (That holds for the default
 build: SSE2 doubles, no -ffast-math; a build that contracts a*b+c into FMA may differ from the
-reference in the last bit, which can only flip near-exact ties.)
+reference in the last bit, which can only move a score across the tie tolerance.)
+
+Tie-breaking generator (the contract the reference reproduces; all arithmetic mod 2**64):
+
+    GOLDEN = 0x9E3779B97F4A7C15
+    mix(z):  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+             z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+             return z ^ (z >> 31)                       # splitmix64's output function
+    initial state of root b:  h = mix(seed[b] + GOLDEN);  state_b = mix(h + (b + 1) * GOLDEN)
+             (seed[b]: root b's seed; one int seed is the same for every root)
+    next():  state_b = state_b + GOLDEN;  return mix(state_b)      # one splitmix64 step
+    below(n), n >= 2:  t = (2**64 - n) % n  (= 2**64 mod n);
+             repeat x = next() until x >= t;  return x % n         # unbiased, by rejection
+
+At every selection step, the candidates are the node's actions (at the root: its legal actions
+only). With `best` the highest score, the tied candidates are those with
+`score >= best - 1e-6` (double arithmetic), in ascending action order; if there is one it is
+taken without a draw, otherwise the `below(n_tied)`-th of them (0-based). Each root draws only
+from its own stream, in the order of its own selection steps.
 
 Inputs are validated in `cython_mcts/__init__.py`; this module trusts their shapes and dtypes
 (they are checked again cheaply here so that nothing reachable from Python can read out of
@@ -23,12 +41,44 @@ bounds), and validates the outputs of `recurrent_fn` itself.
 import numpy as np
 
 cimport numpy as cnp
-from libc.math cimport exp, isfinite, log, sqrt
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.math cimport INFINITY, exp, isfinite, log, sqrt
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 
 cnp.import_array()
 
 ctypedef cnp.npy_intp intp
+
+# Tie-breaking generator (see the module docstring); plain C so that it is exact mod 2**64.
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #define BZ_GOLDEN 0x9E3779B97F4A7C15ULL
+    #define BZ_TIE_TOLERANCE 1e-6  /* scores within this of the best are tied */
+    static inline uint64_t bz_mix64(uint64_t z) {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        return z ^ (z >> 31);
+    }
+    static inline uint64_t bz_root_state(uint64_t seed, uint64_t b) {
+        uint64_t h = bz_mix64(seed + BZ_GOLDEN);
+        return bz_mix64(h + (b + 1) * BZ_GOLDEN);
+    }
+    static inline uint64_t bz_next(uint64_t *state) {
+        *state += BZ_GOLDEN;
+        return bz_mix64(*state);
+    }
+    static inline uint64_t bz_below(uint64_t *state, uint64_t n) {
+        uint64_t t = (0 - n) % n;  /* 2**64 mod n */
+        uint64_t x;
+        do {
+            x = bz_next(state);
+        } while (x < t);
+        return x % n;
+    }
+    """
+    uint64_t bz_root_state(uint64_t seed, uint64_t b) noexcept nogil
+    uint64_t bz_below(uint64_t* state, uint64_t n) noexcept nogil
+    const double BZ_TIE_TOLERANCE
 
 
 cdef struct Search:
@@ -52,17 +102,20 @@ cdef struct Search:
     double* prefix              # value prefix as returned by recurrent_fn (0 for the root)
     int32_t* depth
     int32_t* parent
-    # Per root [B]: min-max statistics and the leaf chosen by the last selection.
+    # Per root [B]: min-max statistics (over non-root nodes; empty = [+inf, -inf]), the leaf
+    # chosen by the last selection and the tie generator's state.
     double* vmin
     double* vmax
     int32_t* pend_parent
     int32_t* pend_action
+    uint64_t* rng
     uint8_t* legal              # [B, A] root legal mask
-    double* qbuf                # [A] scratch
+    double* qbuf                # [A] scratch: Q of visited children
+    int32_t* tbuf               # [A] scratch: tied actions
 
 
 cdef inline double normalize(const Search* st, intp b, double q) noexcept nogil:
-    """Min-max normalised Q clipped to [0, 1] (Q itself, clipped, while max <= min)."""
+    """Min-max normalised Q clipped to [0, 1] (Q itself, clipped, while max <= min, e.g. empty)."""
     cdef double lo = st.vmin[b]
     cdef double hi = st.vmax[b]
     cdef double delta
@@ -85,6 +138,19 @@ cdef inline void update_minmax(Search* st, intp b, double q) noexcept nogil:
         st.vmax[b] = q
 
 
+cdef inline double child_score(const Search* st, intp b, intp base_node, intp edge, intp a,
+                               double m_n, double pb_c, double sqrt_n) noexcept nogil:
+    """pUCT score of action `a` of the node whose edges start at `edge` (qbuf holds the Q of
+    its visited children, m_n the normalised mean Q for unvisited ones)."""
+    cdef int32_t c = st.child[edge + a]
+    cdef int32_t n = 0
+    cdef double qn = m_n
+    if c != 0:
+        qn = normalize(st, b, st.qbuf[a])
+        n = st.visits[base_node + c]
+    return qn + (pb_c * (sqrt_n / (n + 1.0))) * st.prior[edge + a]
+
+
 cdef void select_leaf(Search* st, intp b) noexcept nogil:
     """Descends root `b` to an unexpanded edge; stores it in pend_parent/pend_action."""
     cdef intp A = st.A
@@ -92,11 +158,10 @@ cdef void select_leaf(Search* st, intp b) noexcept nogil:
     cdef intp node = 0
     cdef intp edge, a, best_a, ci
     cdef int32_t c
-    cdef int32_t n
-    cdef int count
+    cdef int count, n_tied
     cdef double mean_q = 0.0
-    cdef double sum_q, q, qn, m_n, parent_n, pb_c, sqrt_n, score, best
-    cdef bint first
+    cdef double sum_q, q, m_n, parent_n, pb_c, sqrt_n, score, best, second, threshold, lo
+    cdef bint at_root
     while True:
         edge = (base_node + node) * A
         # Q of the visited (expanded) children and the mean Q used for unvisited ones.
@@ -121,26 +186,35 @@ cdef void select_leaf(Search* st, intp b) noexcept nogil:
         parent_n = <double>st.visits[base_node + node]
         pb_c = log((parent_n + st.pb_c_base + 1.0) / st.pb_c_base) + st.pb_c_init
         sqrt_n = sqrt(parent_n)
-        best = 0.0
-        best_a = -1
-        first = True
+        at_root = node == 0
+        # Best and second-best score (with multiplicity) over the candidates.
+        best = -INFINITY
+        second = -INFINITY
+        best_a = 0              # stays 0 only if no candidate: unreachable (checked upstream)
         for a in range(A):
-            if node == 0 and not st.legal[b * A + a]:
+            if at_root and not st.legal[b * A + a]:
                 continue
-            c = st.child[edge + a]
-            if c != 0:
-                qn = normalize(st, b, st.qbuf[a])
-                n = st.visits[base_node + c]
-            else:
-                qn = m_n
-                n = 0
-            score = qn + (pb_c * (sqrt_n / (n + 1.0))) * st.prior[edge + a]
-            if first or score > best:
+            score = child_score(st, b, base_node, edge, a, m_n, pb_c, sqrt_n)
+            # second = max(second, min(score, best)): branch-free (min/max instructions).
+            lo = score if score < best else best
+            second = lo if lo > second else second
+            if score > best:
                 best = score
                 best_a = a
-                first = False
-        if best_a < 0:          # unreachable: every root has a legal action (checked upstream)
-            best_a = 0
+        # Ties: every candidate within BZ_TIE_TOLERANCE of the best, one drawn from root b's
+        # stream. There are at least two exactly when the second best is within it; then the
+        # scores are recomputed (the same arithmetic, so the same values) to list them.
+        threshold = best - BZ_TIE_TOLERANCE
+        if second >= threshold:
+            n_tied = 0
+            for a in range(A):
+                if at_root and not st.legal[b * A + a]:
+                    continue
+                if child_score(st, b, base_node, edge, a, m_n, pb_c, sqrt_n) >= threshold:
+                    st.tbuf[n_tied] = <int32_t>a
+                    n_tied += 1
+            if n_tied > 1:
+                best_a = st.tbuf[bz_below(&st.rng[b], <uint64_t>n_tied)]
         c = st.child[edge + best_a]
         if c == 0:
             st.pend_parent[b] = <int32_t>node
@@ -184,17 +258,18 @@ cdef void expand_backup(Search* st, intp b, intp sim, const float* vp, const flo
         total = total + e
     for k in range(A):
         pr[k] = pr[k] / total
-    # Backup, leaf to root (MuZero's pseudocode).
+    # Backup, leaf to root (MuZero's pseudocode); the root's Q stays out of the min-max
+    # statistics (EfficientZero).
     v = <double>val[b]
     node = sim
     while True:
         i = base_node + node
         st.value_sum[i] = st.value_sum[i] + v
         st.visits[i] = st.visits[i] + 1
-        q = st.reward[i] + st.discount * (st.value_sum[i] / st.visits[i])
-        update_minmax(st, b, q)
         if node == 0:
             break
+        q = st.reward[i] + st.discount * (st.value_sum[i] / st.visits[i])
+        update_minmax(st, b, q)
         v = st.reward[i] + st.discount * v
         node = st.parent[i]
 
@@ -255,7 +330,7 @@ cdef cnp.ndarray _buffer(intp n, object dtype):
 def search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn,
            intp num_simulations, double discount, double pb_c_base, double pb_c_init,
            double root_exploration_fraction, bint value_prefix, intp lstm_horizon_len,
-           double value_delta_max, object noise, cnp.ndarray legal):
+           double value_delta_max, object noise, cnp.ndarray legal, object seed):
     """Runs the batched search. Low level: use `cython_mcts.run_mcts`, which validates inputs.
 
     Args:
@@ -265,6 +340,7 @@ def search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn
             -> (value_prefix float32[B], value float32[B], logits float32[B, A]).
         noise: float32 [B, A] C-contiguous, finite, >= 0, positive on some legal action; or None.
         legal: uint8 [B, A] C-contiguous (0/1), at least one 1 per row.
+        seed: uint64 [B] C-contiguous, root b's tie generator seed.
 
     Returns:
         (visit_counts int32 [B, A], root_values float32 [B]).
@@ -293,6 +369,12 @@ def search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn
         raise ValueError(f"lstm_horizon_len must be >= 1, got {lstm_horizon_len}")
     if not callable(recurrent_fn):
         raise ValueError("recurrent_fn must be callable")
+    if (not cnp.PyArray_CheckExact(seed) or cnp.PyArray_TYPE(<cnp.ndarray>seed) != cnp.NPY_UINT64
+            or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>seed)
+            or cnp.PyArray_NDIM(<cnp.ndarray>seed) != 1
+            or cnp.PyArray_DIMS(<cnp.ndarray>seed)[0] != B):
+        raise ValueError(f"seed must be a C-contiguous uint64 [B={B}] array")
+    cdef const uint64_t* seed_p = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>seed)
 
     cdef intp M = num_simulations + 1
     cdef intp b, a, i, sim, bad
@@ -325,6 +407,8 @@ def search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn
     cdef cnp.ndarray pa_a = _buffer(B, np.int32)
     cdef cnp.ndarray legal_copy = np.array(legal, dtype=np.uint8, copy=True)
     cdef cnp.ndarray qbuf_a = _buffer(A, np.float64)
+    cdef cnp.ndarray tbuf_a = _buffer(A, np.int32)
+    cdef cnp.ndarray rng_a = _buffer(B, np.uint64)
 
     cdef Search st
     st.B = B
@@ -350,6 +434,8 @@ def search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn
     st.pend_action = <int32_t*>cnp.PyArray_DATA(pa_a)
     st.legal = <uint8_t*>cnp.PyArray_DATA(legal_copy)
     st.qbuf = <double*>cnp.PyArray_DATA(qbuf_a)
+    st.tbuf = <int32_t*>cnp.PyArray_DATA(tbuf_a)
+    st.rng = <uint64_t*>cnp.PyArray_DATA(rng_a)
 
     cdef double frac = root_exploration_fraction
     cdef double mx, total, e, v0, nsum
@@ -385,12 +471,14 @@ def search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn
                     for a in range(A):
                         if st.legal[b * A + a]:
                             pr[a] = (1.0 - frac) * pr[a] + frac * (<double>nz[b * A + a] / nsum)
-            # The root as if its predicted value had been backed up once.
+            # The root as if its predicted value had been backed up once; its Q stays out of
+            # the min-max statistics, which start empty.
             v0 = <double>rv[b]
             st.visits[b * M] = 1
             st.value_sum[b * M] = v0
-            st.vmin[b] = st.reward[b * M] + st.discount * (v0 / 1.0)
-            st.vmax[b] = st.vmin[b]
+            st.vmin[b] = INFINITY
+            st.vmax[b] = -INFINITY
+            st.rng[b] = bz_root_state(seed_p[b], <uint64_t>b)
             select_leaf(&st, b)
 
     cdef cnp.npy_intp dims[1]

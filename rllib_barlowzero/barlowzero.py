@@ -7,6 +7,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.algorithms.algorithm import Algorithm
@@ -28,8 +29,12 @@ from ray.tune.registry import register_env
 
 from rllib_barlowzero.env.atari import atari_env_creator, is_atari_env_id
 from rllib_barlowzero.env.frame_stacking import FrameStackingEnvToModule
+from rllib_barlowzero.env.gymnasium_env import make_gym_env
+from rllib_barlowzero.env.minatar_envs import is_minatar_env_id, register_minatar_envs
+from rllib_barlowzero.env_runner import BarlowZeroEnvRunner
 from rllib_barlowzero.reanalyze import Reanalyzer
-from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer
+from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer, annealed_beta
+from rllib_barlowzero.streams import run_seed
 from rllib_barlowzero.tensorboard import TensorBoardCallback
 from rllib_barlowzero.torch.barlowzero_torch_learner import NEW_PRIORITIES
 from rllib_barlowzero.torch.barlowzero_torch_rl_module import MCTS_POLICY, ROOT_VALUE
@@ -91,6 +96,10 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "pb_c_init": 1.25,
     "value_delta_max": 0.01,
     "support_size": 300,
+    # Min-max normalise hidden states per sample (MuZero); EfficientZero's Atari model does not.
+    "state_normalization": False,
+    # Reanalyze searches with root Dirichlet noise, as EfficientZero and LightZero do.
+    "reanalyze_noise": True,
     # Vector observations (classic control) use an MLP representation of these widths.
     "mlp_hidden_layers": [64, 64],
     # Learner and replay.
@@ -121,6 +130,8 @@ MODEL_KEYS = (
     "pred_out",
     "bn_mt",
     "mlp_hidden_layers",
+    "state_normalization",
+    "augmentation",
     "num_simulations",
     "discount",
     "pb_c_base",
@@ -149,12 +160,11 @@ class BarlowZeroConfig(AlgorithmConfig):
         super().__init__(algo_class=algo_class or BarlowZero)
         for key, value in TRAINING_DEFAULTS.items():
             setattr(self, key, list(value) if isinstance(value, list) else value)
-        # Base-class fields with BarlowZero's values.
+        # Base-class fields with BarlowZero's values (`gamma` and `train_batch_size` are aliases
+        # of `discount` and `batch_size`, see below).
         self.lr = 0.01
-        self.gamma = self.discount
         self.grad_clip = 5.0
         self.grad_clip_by = "global_norm"
-        self.train_batch_size = self.batch_size
         self.rollout_fragment_length = 50
         self.batch_mode = "truncate_episodes"
         self.num_env_runners = 0
@@ -166,6 +176,27 @@ class BarlowZeroConfig(AlgorithmConfig):
         # TensorBoard events from a plain `algo.train()` loop too (silent under Tune, which
         # writes its own).
         self.callbacks_class = TensorBoardCallback
+        # Whole-episode evaluation without length bias (a fixed quota of games per env), and
+        # seeded random streams per vector-env slot.
+        self.env_runner_cls = BarlowZeroEnvRunner
+
+    # RLlib's names for two Table-2 settings: one value, whichever name sets it (also through
+    # `update_from_dict`, i.e. Tune and YAML), so neither can be silently ignored.
+    @property
+    def gamma(self) -> float:
+        return self.discount
+
+    @gamma.setter
+    def gamma(self, value: float) -> None:
+        self.discount = value
+
+    @property
+    def train_batch_size(self) -> int:
+        return self.batch_size
+
+    @train_batch_size.setter
+    def train_batch_size(self, value: int) -> None:
+        self.batch_size = value
 
     # Episodes keep single frames; the env runners need the last n-1 of them to stack.
     @property
@@ -225,6 +256,8 @@ class BarlowZeroConfig(AlgorithmConfig):
         pb_c_init: float = NotProvided,
         value_delta_max: float = NotProvided,
         support_size: int = NotProvided,
+        state_normalization: bool = NotProvided,
+        reanalyze_noise: bool = NotProvided,
         mlp_hidden_layers: list[int] = NotProvided,
         target_update_interval: int = NotProvided,
         lr_warmup_steps: int = NotProvided,
@@ -245,23 +278,35 @@ class BarlowZeroConfig(AlgorithmConfig):
             revisit_policy_search_rate: share of samples whose policy target is re-searched with
                 the target model (reanalyze).
             optimizer: "sgd" (the paper) or "adam"; lr_schedule: "cosine" (the paper), "step"
-                (EfficientZero: linear warm-up over `lr_warmup_steps`, x0.1 at 80% of training) or
-                "constant".
+                (EfficientZero: x0.1 after 5/6 of training) or "constant", each after a linear
+                warm-up over `lr_warmup_steps`.
             replay_capacity: replay size in env steps. replay_ratio: training steps per env step.
             num_steps_sampled_before_learning_starts: warm-up env steps before training.
             total_env_steps: env steps collected in all (Atari 100k: 100,000); training goes on
                 to `training_steps` afterwards.
-            target_update_interval: gradient steps between target-model refreshes.
+            target_update_interval: gradient steps between target-model refreshes; each refresh
+                loads the snapshot of the previous one (EfficientZero), so targets are 1-2
+                intervals old.
+            lr_warmup_steps: linear warm-up of every `lr_schedule` (EfficientZero: 1000; 0: none).
+            state_normalization: min-max normalise hidden states per sample (MuZero); off by
+                default, as EfficientZero's Atari model.
+            reanalyze_noise: reanalyze searches with root Dirichlet noise (EfficientZero: on).
+            max_moves: agent steps per game before it is cut (training and evaluation); the
+                one route to the cap of an env given by its gymnasium id.
+            gamma, train_batch_size (RLlib's names): aliases of `discount` and `batch_size`.
             All other names follow the paper's Table 2.
         """
+        for ours, rllibs in (("discount", "gamma"), ("batch_size", "train_batch_size")):
+            mine, theirs = locals()[ours], kwargs.get(rllibs, NotProvided)
+            if mine is not NotProvided and theirs is not NotProvided and mine != theirs:
+                raise ValueError(
+                    f"BarlowZeroConfig.training: `{rllibs}`={theirs!r} and `{ours}`={mine!r} "
+                    f"disagree; `{rllibs}` is RLlib's name for `{ours}`, set one of them."
+                )
         super().training(**kwargs)
         for key, value in locals().items():
             if key in TRAINING_DEFAULTS and value is not NotProvided:
                 setattr(self, key, value)
-        if discount is not NotProvided:
-            self.gamma = discount
-        if batch_size is not NotProvided:
-            self.train_batch_size = batch_size
         return self
 
     def validate(self) -> None:
@@ -269,6 +314,7 @@ class BarlowZeroConfig(AlgorithmConfig):
         if not self.enable_rl_module_and_learner:
             self._value_error("BarlowZero runs on RLlib's new API stack only.")
         _validate_training_values(self)
+        _refuse_ignored_settings(self)
 
     def build_env_to_module_connector(self, env=None, spaces=None, device=None):
         pipeline = super().build_env_to_module_connector(env=env, spaces=spaces, device=device)
@@ -354,6 +400,9 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
     ):
         if getattr(config, key) not in known:
             fail(key, f"one of {list(known)}")
+    for key in ("state_normalization", "reanalyze_noise"):
+        if not isinstance(getattr(config, key), bool):
+            fail(key, "True or False")
     if not isinstance(config.augmentation, list | tuple) or any(
         a not in AUGMENTATIONS for a in config.augmentation
     ):
@@ -364,6 +413,23 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
         fail("num_steps_sampled_before_learning_starts", "at most `replay_capacity`")
     if config.num_learners > 1 and config.batch_size % config.num_learners:
         fail("batch_size", f"a multiple of num_learners={config.num_learners}")
+
+
+def _refuse_ignored_settings(config: BarlowZeroConfig) -> None:
+    """Refuses RLlib settings that BarlowZero would otherwise ignore, naming what to set instead."""
+    per_learner = config._train_batch_size_per_learner
+    if per_learner is not None and per_learner * max(1, config.num_learners) != config.batch_size:
+        raise ValueError(
+            f"BarlowZeroConfig: `train_batch_size_per_learner`={per_learner!r} is not used; "
+            f"BarlowZero updates on `batch_size`={config.batch_size} samples per gradient step, "
+            "split over the learners. Set `batch_size`."
+        )
+    env_config = config.env_config or {}
+    if "max_moves" in env_config:
+        raise ValueError(
+            "BarlowZeroConfig: `max_moves` in `env_config` is not read; set it with "
+            f".training(max_moves=...) (now {config.max_moves}), its one route to the env."
+        )
 
 
 def _is_real(value: Any) -> bool:
@@ -394,7 +460,7 @@ class BarlowZero(Algorithm):
 
     @override(Algorithm)
     def setup(self, config: AlgorithmConfig) -> None:
-        register_env_if_atari(config.env, config.max_moves)
+        register_env_with_move_cap(config.env, config.max_moves)
         if not torch.cuda.is_available() or config.num_gpus_per_learner == 0:
             # The learner (when local), the reanalyze thread and the local env runner share this
             # process: give torch the CPUs RLlib reserves for it, as Ray does for its actors.
@@ -414,8 +480,13 @@ class BarlowZero(Algorithm):
             seed=cfg.seed,
         )
         device = "cuda" if cfg.num_gpus_per_learner > 0 and torch.cuda.is_available() else "cpu"
-        self.reanalyzer = Reanalyzer(self._build_network(), cfg, device=device, seed=cfg.seed)
-        self.reanalyzer.set_weights(self._online_weights())
+        self.reanalyzer = Reanalyzer(
+            self._build_network(), cfg, seed=run_seed(cfg.seed), device=device
+        )
+        # The target model lags one refresh behind (EfficientZero): each refresh loads the
+        # snapshot taken at the previous one, so targets are 1-2 intervals old.
+        self._next_target_weights = self._online_weights()
+        self.reanalyzer.set_weights(self._next_target_weights)
         self._reanalyze_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reanalyze")
         self._training_steps_done = 0
         self._updates_owed = 0.0
@@ -498,15 +569,17 @@ class BarlowZero(Algorithm):
         """
         cfg = self.config
 
-        def submit_next() -> tuple[Any, Future]:
-            windows = self.replay_buffer.sample(cfg.batch_size)
+        def submit(update_index: int) -> tuple[Any, Future]:
+            beta = annealed_beta(cfg.priority_prob_beta, update_index, cfg.training_steps)
+            windows = self.replay_buffer.sample(cfg.batch_size, beta=beta)
             return windows, self._reanalyze_pool.submit(
-                _timed, self.reanalyzer.make_batch, windows, self._training_steps_done
+                _timed, self.reanalyzer.make_batch, windows, self._training_steps_done,
+                update_index,
             )
 
         wait_s = update_s = reanalyze_s = 0.0
         begin = time.perf_counter()
-        next_job = submit_next()
+        next_job = submit(self._training_steps_done)
         for i in range(num_updates):
             windows, future = next_job
             start = time.perf_counter()
@@ -514,7 +587,7 @@ class BarlowZero(Algorithm):
             wait_s += time.perf_counter() - start
             reanalyze_s += seconds
             if i + 1 < num_updates:
-                next_job = submit_next()
+                next_job = submit(self._training_steps_done + 1)
             start = time.perf_counter()
             results = self.learner_group.update(
                 batch=MultiAgentBatch(
@@ -536,7 +609,8 @@ class BarlowZero(Algorithm):
             self.metrics.log_value("td_steps_mean", float(batch["td_steps"].mean()), window=1)
             self._training_steps_done += 1
             if self._training_steps_done % cfg.target_update_interval == 0:
-                self._reanalyze_pool.submit(self.reanalyzer.set_weights, self._online_weights())
+                self._reanalyze_pool.submit(self.reanalyzer.set_weights, self._next_target_weights)
+                self._next_target_weights = self._online_weights()
 
         self.metrics.log_value((TIMERS, "learner_update_s"), update_s / num_updates, window=1)
         self.metrics.log_value((TIMERS, "reanalyze_batch_s"), reanalyze_s / num_updates, window=1)
@@ -567,10 +641,11 @@ class BarlowZero(Algorithm):
         state = super().get_state(*args, **kwargs)
         state["barlowzero"] = {
             "replay_buffer": self.replay_buffer.get_state(),
-            "reanalyzer_rng": self.reanalyzer.rng.bit_generator.state,
             "target_model": {
                 k: v.cpu().numpy() for k, v in self.reanalyzer.target_network.state_dict().items()
             },
+            "next_target_model": self._next_target_weights,
+            "seed": self.reanalyzer.seed,
             "training_steps_done": self._training_steps_done,
             "updates_owed": self._updates_owed,
             "weights_step": self._weights_step,
@@ -584,8 +659,9 @@ class BarlowZero(Algorithm):
         if own is None:
             return
         self.replay_buffer.set_state(own["replay_buffer"])
-        self.reanalyzer.rng.bit_generator.state = own["reanalyzer_rng"]
         self.reanalyzer.set_weights(own["target_model"])
+        self._next_target_weights = own["next_target_model"]
+        self.reanalyzer.seed = own["seed"]
         self._training_steps_done = own["training_steps_done"]
         self._updates_owed = own["updates_owed"]
         self._weights_step = own["weights_step"]
@@ -615,12 +691,28 @@ def add_episode_chunk(buffer: GameSegmentReplayBuffer, episode: Any, collected_a
     return len(actions)
 
 
-def register_env_if_atari(env: Any, max_moves: int) -> None:
-    """Routes ALE ids (e.g. BreakoutNoFrameskip-v4) through EfficientZero's Atari pipeline."""
-    if isinstance(env, str) and is_atari_env_id(env):
+def register_env_with_move_cap(env: Any, max_moves: int) -> None:
+    """Registers a gymnasium id so that every game is cut at `max_moves` agent steps.
+
+    ALE ids (e.g. BreakoutNoFrameskip-v4) go through EfficientZero's Atari pipeline, whose last
+    wrapper is the move cap; other ids get `rllib_barlowzero.env.make_gym_env`: `gym.make`, image
+    observations (2-D or 3-D Box) made uint8 [C, H, W] frames by `ChannelsFirstUint8`, then a
+    `TimeLimit(max_moves)` (on top of any limit of their own). `MinAtar/` ids register with
+    gymnasium here and on every env runner (an ImportError with the install command when
+    `minatar` is missing). `.training(max_moves=...)` is the one route to the cap; an env given as
+    a class or creator is the user's own and is not wrapped.
+    """
+    if not isinstance(env, str):
+        return
+    if is_atari_env_id(env):
         register_env(
             env,
             lambda env_config: atari_env_creator(
-                {"env_id": env, "max_moves": max_moves, **env_config}
+                {**env_config, "env_id": env, "max_moves": max_moves}
             ),
         )
+        return
+    if is_minatar_env_id(env):
+        register_minatar_envs(env)
+    if env in gym.registry:
+        register_env(env, lambda env_config: make_gym_env(env, env_config, max_moves))

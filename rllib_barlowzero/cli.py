@@ -39,6 +39,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from rllib_barlowzero import evaluate, plot
 from rllib_barlowzero.env.atari import ATARI_ENV_CONFIG_KEYS, is_atari_env_id
+from rllib_barlowzero.env.minatar_envs import is_minatar_env_id, register_minatar_envs
 from rllib_barlowzero.tensorboard import TBXLoggerCallback
 
 # Keys an experiment of a YAML file may have (RLlib's old `rllib train file` format).
@@ -251,11 +252,16 @@ def check_env(env: Any, experiment: str | None = None) -> None:
         gym.register_envs(ale_py)
     except ImportError:  # pragma: no cover - ale-py is a dependency
         pass
+    where = f"experiment '{experiment}': " if experiment else ""
+    if is_minatar_env_id(env):
+        try:
+            register_minatar_envs(env)
+        except ImportError as e:
+            raise UserError(f"{where}{e}") from None
     if _global_registry.contains(ENV_CREATOR, env) or env in gym.registry or ":" in env:
         return
     close = difflib.get_close_matches(env, list(gym.registry), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    where = f"experiment '{experiment}': " if experiment else ""
     raise UserError(f"{where}unknown env '{env}'{hint}")
 
 

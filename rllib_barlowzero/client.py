@@ -16,10 +16,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
-from rllib_barlowzero.env import is_atari_env_id, make_atari_env, stack_frames
+from rllib_barlowzero.env import is_atari_env_id, make_atari_env, make_gym_env, stack_frames
 
 __all__ = ["BarlowZeroClient", "BarlowZeroServerError", "encode_observation", "main", "play"]
 
@@ -100,7 +99,8 @@ def play(
     """Plays `episodes` games of `env_id` with the endpoint choosing every action.
 
     Atari ids go through `make_atari_env(env_id, training=False)` (whole games, raw scores),
-    other ids through `gymnasium.make`. `max_steps` (optional) cuts an episode short.
+    other ids through `make_gym_env` (images as channels-first uint8 frames, as in training).
+    `max_steps` (optional) cuts an episode short.
 
     Returns:
         The return (sum of rewards) of each episode.
@@ -109,7 +109,10 @@ def play(
     info = client.health()
     expected_shape = tuple(info["observation_shape"])
     expected_dtype = np.dtype(info["observation_dtype"])
-    env = make_atari_env(env_id, training=False) if is_atari_env_id(env_id) else gym.make(env_id)
+    if is_atari_env_id(env_id):
+        env = make_atari_env(env_id, training=False)
+    else:
+        env = make_gym_env(env_id)
     try:
         frame_shape = tuple(env.observation_space.shape)
         num_frames = _num_frames(frame_shape, expected_shape, env_id)

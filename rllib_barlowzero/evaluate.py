@@ -7,8 +7,10 @@
 
 Games are played by the algorithm's evaluation env runners (for Atari: no episodic life, raw
 rewards, the `max_moves` cap), with `explore=False`: the search without root noise, the most
-visited action. With one env per runner (the default) every started game is reported; with more,
-RLlib stops at the first N finished games, which favours short games.
+visited action. The games are split as evenly as possible over the runners and, within a runner,
+over its envs; each env plays its share back to back from its seeded reset
+(`BarlowZeroEnvRunner`), so exactly `episodes` whole games are reported whatever their lengths:
+no bias towards short games. Games cut at the move cap (truncated) are counted in the report.
 """
 
 from __future__ import annotations
@@ -186,11 +188,19 @@ def _on_episode_end(*, episode: Any, prev_episode_chunks: Any = (), **kwargs: An
                                                        prev_episode_chunks or ())))
 
 
-def _play(env_runner: Any, num_games: int) -> list[tuple[float, int]]:
+def _play(env_runner: Any, num_games: int) -> list[tuple[float, int, bool]]:
+    """(score, length, truncated) of `num_games` whole games, a fixed share per env."""
+    if num_games < 1:
+        return []
     # One `sample` call per runner: RLlib re-seeds the envs at the start of every
     # `sample(num_episodes=...)`, so one call per game would replay the same game.
     episodes = env_runner.sample(num_episodes=num_games, explore=False)
-    return [(float(e.get_return()), len(e)) for e in episodes]
+    return [(float(e.get_return()), len(e), bool(e.is_truncated)) for e in episodes]
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    """Part `index` of `total` split as evenly as possible over `parts`, the first ones first."""
+    return total // parts + (index < total % parts)
 
 
 def play_games(
@@ -198,8 +208,10 @@ def play_games(
 ) -> dict[str, Any]:
     """Plays `episodes` whole games with the evaluation env runners; returns scores and lengths.
 
-    Each runner plays its share of the games back to back (one env each by default), so the
-    games are the first `episodes` ones started from the seeded envs.
+    The games are split as evenly as possible over the runners, and each runner's share over its
+    envs; every env plays its share back to back from its seeded reset. Which games are reported
+    is fixed before any is played, so long games weigh as much as short ones. `truncated` counts
+    the games cut at the move cap (or a time limit) rather than ended by the game.
     """
     if episodes < 1:
         raise EvaluateError(f"--episodes must be >= 1, got {episodes}")
@@ -210,17 +222,20 @@ def play_games(
         results = _play(algo.eval_env_runner, episodes)
         _progress_bar.start(0)
     else:
-        per_runner = -(-episodes // group.num_remote_env_runners())
+        runners = group.num_remote_env_runners()
         results = [
             game
             for played in group.foreach_env_runner(
-                lambda er: _play(er, per_runner), local_env_runner=False
+                # Remote runners are numbered 1..runners.
+                lambda er: _play(er, _share(episodes, runners, er.worker_index - 1)),
+                local_env_runner=False,
             )
             for game in played
         ]
     results = results[:episodes]
-    scores = [score for score, _ in results]
-    lengths = [length for _, length in results]
+    scores = [score for score, _, _ in results]
+    lengths = [length for _, length, _ in results]
+    truncated = sum(cut for _, _, cut in results)
     return {
         "checkpoint": checkpoint,
         "algorithm": type(algo).__name__,
@@ -232,6 +247,8 @@ def play_games(
         "lengths": lengths,
         "score": summary_statistics(scores),
         "length": summary_statistics(lengths),
+        "truncated": truncated,
+        "truncated_share": truncated / len(results) if results else 0.0,
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -258,6 +275,12 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     for stat in ("max", "mean", "median", "min", "std"):
         lines.append(f"{stat:8}{report['score'][stat]:12.1f}{report['length'][stat]:12.1f}")
+    if "truncated" in report:
+        lines += [
+            "",
+            f"games cut at the move cap: {report['truncated']} / {report['episodes']} "
+            f"({report['truncated_share']:.0%})",
+        ]
     return "\n".join(lines)
 
 
@@ -273,6 +296,8 @@ def write_json(report: dict[str, Any], path: str) -> None:
 def _make_render_env(algo: Any, path: str, env_id: str | None = None) -> tuple[Any, Any]:
     """An env of the evaluation setup and a function returning its current RGB frame."""
     from rllib_barlowzero.env.atari import atari_env_creator, is_atari_env_id
+    from rllib_barlowzero.env.gymnasium_env import make_gym_env
+    from rllib_barlowzero.env.minatar_envs import is_minatar_env_id
 
     check_video_path(path)
     env_id = env_id or algo.config.env
@@ -282,10 +307,11 @@ def _make_render_env(algo: Any, path: str, env_id: str | None = None) -> tuple[A
                                  **env_config})
         # The full-resolution screen (the last raw frame of each agent step).
         return env, lambda: env.unwrapped.ale.getScreenRGB()
-    if env_id not in gym.registry:
+    if not (is_minatar_env_id(env_id) or env_id in gym.registry):
         raise EvaluateError(f"--video: cannot render '{env_id}' (not a gymnasium env id)")
     try:
-        env = gym.make(env_id, render_mode="rgb_array", **env_config)
+        env = make_gym_env(env_id, {"render_mode": "rgb_array", **env_config},
+                           algo.config.max_moves)
         env.reset()
         env.render()
     except gym.error.DependencyNotInstalled as e:

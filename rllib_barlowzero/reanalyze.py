@@ -6,6 +6,9 @@ For a batch of sampled windows it computes
   * policy targets: a fresh batched search with the target model for
     `revisit_policy_search_rate` of the samples, the stored search policy for the rest;
 and assembles the learner's batch.
+
+Batch i's randomness (which samples are re-searched, their root noise and tie-breaking) comes from
+one generator seeded with (seed, i), so it does not depend on which thread or worker makes it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from rllib_barlowzero.replay_buffer import SampledWindows
+from rllib_barlowzero.streams import REANALYZE_STREAM
 from rllib_barlowzero.targets import (
     bootstrap_positions,
     make_unroll_targets,
@@ -48,18 +52,18 @@ class Reanalyzer:
             with `set_weights` every `target_update_interval` gradient steps).
         config: the `BarlowZeroConfig`.
         device: where the target model runs.
-        seed: seeds the choice of which samples are re-searched.
+        seed: with the batch index, seeds each batch's random draws (an int >= 0).
     """
 
-    def __init__(self, network: torch.nn.Module, config: Any, device: str = "cpu",
-                 seed: int | None = None) -> None:
+    def __init__(self, network: torch.nn.Module, config: Any, seed: int,
+                 device: str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
         self.target_network = copy.deepcopy(network).to(self.device).eval()
         for p in self.target_network.parameters():
             p.requires_grad_(False)
         self.mcts_config = mcts_config_from(config.model_config)
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
 
     def set_weights(self, network_state: dict[str, Any]) -> None:
         """Loads the online network's weights (a state dict of the network, numpy or torch)."""
@@ -75,8 +79,13 @@ class Reanalyzer:
         out = self.target_network.initial_inference(self._to_device(obs))
         return out.value.float().cpu().numpy()
 
-    def make_batch(self, windows: SampledWindows, training_step: int) -> dict[str, np.ndarray]:
+    def make_batch(
+        self, windows: SampledWindows, training_step: int, batch_index: int
+    ) -> dict[str, np.ndarray]:
         """The learner batch for `windows` (B samples, K unroll steps), as numpy arrays.
+
+        `training_step` (the learner's step count) sets the off-policy horizon; `batch_index`
+        (the update this batch is for) seeds the batch's random draws.
 
         Returns keys: obs [B, *obs], actions [B, K], target_obs [B, K, *obs] (with a consistency
         loss), target_value / target_value_prefix [B, K+1], target_policy [B, K+1, A],
@@ -103,14 +112,21 @@ class Reanalyzer:
         unroll_positions = np.broadcast_to(np.arange(num_unroll + 1), (batch_size, num_unroll + 1))
         obs_steps = gather_stacks(windows.frames, unroll_positions, n_stack)  # [B, K+1, *obs]
         policy = targets.policy.copy()
-        revisit = self.rng.random(batch_size) < cfg.revisit_policy_search_rate
+        rng = np.random.default_rng([self.seed, REANALYZE_STREAM, int(batch_index)])
+        revisit = rng.random(batch_size) < cfg.revisit_policy_search_rate
         if revisit.any():
-            # Fresh searches (no noise) from every real step t+k of the chosen samples.
+            # Fresh searches from every real step t+k of the chosen samples, with root noise
+            # unless `reanalyze_noise` is off (EfficientZero and LightZero search with it).
             chosen = revisit[:, None] & (targets.policy_mask > 0)
             b_idx, k_idx = np.nonzero(chosen)
             if len(b_idx):
                 roots = self._to_device(obs_steps[b_idx, k_idx])
-                out = search(self.target_network, roots, self.mcts_config)
+                noise = None
+                if cfg.reanalyze_noise:
+                    alpha = np.full(policy.shape[2], cfg.dirichlet_alpha)
+                    noise = rng.dirichlet(alpha, size=len(b_idx)).astype(np.float32)
+                out = search(self.target_network, roots, self.mcts_config, noise=noise,
+                             seed=int(rng.integers(2**63)))
                 visits = out.visit_counts.astype(np.float32)
                 policy[b_idx, k_idx] = visits / visits.sum(axis=1, keepdims=True)
 

@@ -22,9 +22,13 @@ truncated), in which case its padding stops at o_T. Until then its data lives in
 steps) is not sampleable yet**. ``close_episode`` commits such a tail by hand (as a truncated
 end), e.g. for episodes that will never be continued.
 
-Priorities. Every sampleable step has a priority; new steps get the largest priority seen so far
-(1.0 initially). Steps are sampled with probability P(i) = p_i^alpha / sum_j p_j^alpha
-(``alpha = 0``: uniform) and weighted by w_i = (N P(i))^-beta / max_batch (N P(j))^-beta.
+Priorities (as EfficientZero's ``core/replay_buffer.py``). Every sampleable step has a priority;
+new steps get the largest priority among the steps still in the buffer after the commit's
+eviction (1.0 when none remain), so an evicted outlier no longer inflates new data. A batch of B
+distinct steps is drawn *without replacement* (sequentially, each draw with probability
+P(i) = p_i^alpha / sum_j p_j^alpha over the steps not drawn yet; ``alpha = 0``: uniform) and
+weighted by w_i = (N P(i))^-beta / max_batch (N P(j))^-beta, with beta given per call (the
+algorithm anneals it to 1, see ``annealed_beta``).
 Each committed step gets a unique, ever increasing integer id; ids of the live steps form one
 contiguous range (segments are evicted oldest first), so the priorities are one flat array and an
 id returned by ``sample`` stays valid until its segment is evicted (later updates to it are
@@ -41,9 +45,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GameSegmentReplayBuffer", "SampledWindows", "stack_window"]
+__all__ = ["GameSegmentReplayBuffer", "SampledWindows", "annealed_beta", "stack_window"]
 
-_STATE_VERSION = 1
+# 2: no "max_priority" (new steps get the max of the live priorities). Version 1 states load.
+_STATE_VERSION = 2
+_LOADABLE_STATE_VERSIONS = (1, 2)
+_INITIAL_PRIORITY = 1.0  # priority of new steps when the buffer holds no other step
 
 
 @dataclass
@@ -111,6 +118,28 @@ class SampledWindows:
     def stacked_observations(self) -> int:
         """n (from the frames' shape)."""
         return int(self.frames.shape[1] - self.actions.shape[1])
+
+
+def annealed_beta(beta0: float, step: int, training_steps: int) -> float:
+    """Importance-sampling exponent annealed linearly from ``beta0`` to 1 (EfficientZero).
+
+    ``beta = beta0 + (1 - beta0) * step / training_steps``, clipped to ``[beta0, 1]`` (so a step
+    before 0 gives beta0 and any step past ``training_steps`` gives 1).
+
+    Args:
+        beta0: initial exponent (``priority_prob_beta``), in [0, 1].
+        step: number of training steps done so far.
+        training_steps: step at which beta reaches 1, >= 1.
+
+    Returns:
+        The exponent to pass as ``GameSegmentReplayBuffer.sample(..., beta=...)``.
+    """
+    if not (np.isfinite(beta0) and 0.0 <= beta0 <= 1.0):
+        raise ValueError(f"beta0 must be in [0, 1], got {beta0!r}")
+    if int(training_steps) != training_steps or training_steps < 1:
+        raise ValueError(f"training_steps must be an integer >= 1, got {training_steps!r}")
+    beta = beta0 + (1.0 - beta0) * float(step) / float(training_steps)
+    return float(min(1.0, max(float(beta0), beta)))
 
 
 def stack_window(frames: np.ndarray, j: int | np.ndarray, n: int) -> np.ndarray:
@@ -245,7 +274,8 @@ class GameSegmentReplayBuffer:
         num_unroll_steps: K, unroll length of the learner.
         td_steps: td, the largest n-step horizon of the value targets.
         priority_prob_alpha: alpha of prioritized replay (0 = uniform sampling).
-        priority_prob_beta: beta of the importance-sampling weights.
+        priority_prob_beta: default beta of the importance-sampling weights, in [0, 1]
+            (``sample`` may be given another one per call).
         prioritized_replay_eps: added to every priority given to ``update_priorities``.
         seed: seed of the buffer's own random generator (used when ``sample`` gets no rng).
     """
@@ -271,8 +301,8 @@ class GameSegmentReplayBuffer:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not (np.isfinite(priority_prob_alpha) and priority_prob_alpha >= 0):
             raise ValueError(f"priority_prob_alpha must be >= 0, got {priority_prob_alpha!r}")
-        if not (np.isfinite(priority_prob_beta) and priority_prob_beta >= 0):
-            raise ValueError(f"priority_prob_beta must be >= 0, got {priority_prob_beta!r}")
+        if not (np.isfinite(priority_prob_beta) and 0 <= priority_prob_beta <= 1):
+            raise ValueError(f"priority_prob_beta must be in [0, 1], got {priority_prob_beta!r}")
         if not (np.isfinite(prioritized_replay_eps) and prioritized_replay_eps >= 0):
             raise ValueError(
                 f"prioritized_replay_eps must be >= 0, got {prioritized_replay_eps!r}"
@@ -295,10 +325,12 @@ class GameSegmentReplayBuffer:
         # Flat per-step priorities of the live steps, in id order: _priorities[i] has id
         # _base_id + i. _seg_first_ids[s] is the first id of _segments[s].
         self._priorities = np.zeros(0, dtype=np.float64)
+        # _priorities ** priority_prob_alpha, kept in step with _priorities (sampling then costs
+        # no power of the whole array).
+        self._scaled_priorities = np.zeros(0, dtype=np.float64)
         self._base_id = 0
         self._next_id = 0
         self._seg_first_ids = np.zeros(0, dtype=np.int64)
-        self._max_priority = 1.0
 
     # ------------------------------------------------------------------------------------------
     # Adding data.
@@ -540,7 +572,11 @@ class GameSegmentReplayBuffer:
         return segments
 
     def _append_segments(self, segments: list[_Segment]) -> int:
-        """Assigns ids and max priority to new segments, then evicts beyond capacity."""
+        """Assigns ids to new segments, evicts beyond capacity, then sets their priority.
+
+        New steps get the max priority of the older steps that survive the eviction (1.0 if none
+        do), i.e. of the buffer as it now is, not of anything evicted.
+        """
         if not segments:
             return 0
         total = 0
@@ -549,10 +585,15 @@ class GameSegmentReplayBuffer:
             self._next_id += seg.length
             total += seg.length
             self._segments.append(seg)
-        self._priorities = np.concatenate(
-            [self._priorities, np.full(total, self._max_priority, dtype=np.float64)]
-        )
+        placeholder = np.full(total, np.nan, dtype=np.float64)
+        self._priorities = np.concatenate([self._priorities, placeholder])
+        self._scaled_priorities = np.concatenate([self._scaled_priorities, placeholder])
         self._evict()
+        new_start = max(0, self._priorities.shape[0] - total)  # eviction may reach new steps
+        old = self._priorities[:new_start]
+        priority = float(old.max()) if old.size else _INITIAL_PRIORITY
+        self._priorities[new_start:] = priority
+        self._scaled_priorities[new_start:] = self._scale(self._priorities[new_start:])
         self._seg_first_ids = np.array([s.first_id for s in self._segments], dtype=np.int64)
         return total
 
@@ -566,25 +607,48 @@ class GameSegmentReplayBuffer:
         if drop_segments:
             del self._segments[:drop_segments]
             self._priorities = self._priorities[drop_steps:].copy()
+            self._scaled_priorities = self._scaled_priorities[drop_steps:].copy()
             self._base_id += drop_steps
             self._seg_first_ids = np.array([s.first_id for s in self._segments], dtype=np.int64)
 
     # ------------------------------------------------------------------------------------------
     # Sampling and priorities.
 
-    def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> SampledWindows:
-        """Samples ``batch_size`` steps (with replacement) and returns their windows.
+    def _scale(self, priorities: np.ndarray) -> np.ndarray:
+        """p^alpha of a float64 array; always this array power, so a restored buffer (which
+        recomputes them all) holds bit-identical values."""
+        return np.asarray(priorities, dtype=np.float64) ** self.priority_prob_alpha
+
+    def sample(
+        self,
+        batch_size: int,
+        rng: np.random.Generator | None = None,
+        beta: float | None = None,
+    ) -> SampledWindows:
+        """Samples ``batch_size`` distinct steps (without replacement) and returns their windows.
+
+        As EfficientZero (``np.random.choice(N, B, replace=False, p=P)``): the steps are drawn one
+        after the other, each with probability P(i) = p_i^alpha / sum_j p_j^alpha renormalised
+        over the steps not drawn yet (uniform for alpha = 0). The weights use the undepleted
+        P(i): w_i = (N P(i))^-beta / max over the batch.
 
         Args:
-            batch_size: B.
+            batch_size: B, at most the number of sampleable steps.
             rng: random generator for the draw and for the random actions past an episode's end;
                 None uses the buffer's own (seeded, checkpointed) generator.
+            beta: importance-sampling exponent in [0, 1] for this batch (e.g.
+                ``annealed_beta(priority_prob_beta, step, training_steps)``); None uses the
+                configured ``priority_prob_beta``.
 
         Returns:
-            A ``SampledWindows`` (see its docstring for the fields and shapes).
+            A ``SampledWindows`` (see its docstring for the fields and shapes); its ``indices``
+            are distinct.
 
         Raises:
-            ValueError: nothing is sampleable yet, or batch_size < 1.
+            ValueError: nothing is sampleable yet, batch_size < 1, batch_size larger than the
+                number of sampleable steps (or, with alpha > 0, than the number of steps with a
+                non-zero priority, possible only with prioritized_replay_eps = 0), or beta
+                outside [0, 1].
         """
         num_steps = self.num_steps()
         if num_steps == 0:
@@ -592,24 +656,37 @@ class GameSegmentReplayBuffer:
                              "committed once their padding is full or their episode ends)")
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = int(batch_size)
+        if batch_size > num_steps:
+            raise ValueError(
+                f"sample: batch_size {batch_size} is larger than the {num_steps} sampleable "
+                "steps; a batch is drawn without replacement"
+            )
+        beta = self.priority_prob_beta if beta is None else beta
+        if not (np.isfinite(beta) and 0.0 <= beta <= 1.0):
+            raise ValueError(f"beta must be in [0, 1], got {beta!r}")
         rng = self._rng if rng is None else rng
-        if self.priority_prob_alpha == 0.0:
-            flat = rng.integers(0, num_steps, size=batch_size)
+        scaled = None
+        if self.priority_prob_alpha != 0.0:
+            scaled = self._scaled_priorities
+            if not scaled.sum() > 0:  # every priority is 0 (possible only with eps = 0): uniform
+                scaled = None
+        if scaled is None:
+            flat = rng.choice(num_steps, size=batch_size, replace=False)
             weights = np.ones(batch_size, dtype=np.float32)
         else:
-            scaled = self._priorities ** self.priority_prob_alpha
-            cumulative = np.cumsum(scaled)
-            total = cumulative[-1]
-            if not total > 0:  # every priority is 0 (possible only with eps = 0): uniform
-                scaled = np.ones_like(scaled)
-                cumulative = np.arange(1, num_steps + 1, dtype=np.float64)
-                total = float(num_steps)
-            flat = np.searchsorted(cumulative, rng.random(batch_size) * total, side="right")
-            flat = np.minimum(flat, num_steps - 1)
-            probs = scaled[flat] / total
-            weights = (num_steps * probs) ** (-self.priority_prob_beta)
+            probs = scaled / scaled.sum()
+            num_nonzero = int(np.count_nonzero(probs))
+            if batch_size > num_nonzero:
+                raise ValueError(
+                    f"sample: batch_size {batch_size} is larger than the {num_nonzero} steps "
+                    "with a non-zero priority (batches are drawn without replacement); use "
+                    "prioritized_replay_eps > 0"
+                )
+            flat = rng.choice(num_steps, size=batch_size, replace=False, p=probs)
+            weights = (num_steps * probs[flat]) ** (-float(beta))
             weights = (weights / weights.max()).astype(np.float32)
-        ids = flat.astype(np.int64) + self._base_id
+        ids = np.asarray(flat, dtype=np.int64) + self._base_id
         return self._gather(ids, weights, rng)
 
     def _gather(
@@ -688,7 +765,7 @@ class GameSegmentReplayBuffer:
         if not np.any(live):
             return
         self._priorities[ids[live] - self._base_id] = prios[live]
-        self._max_priority = max(self._max_priority, float(prios[live].max()))
+        self._scaled_priorities[ids[live] - self._base_id] = self._scale(prios[live])
 
     # ------------------------------------------------------------------------------------------
     # Sizes and stats.
@@ -709,8 +786,12 @@ class GameSegmentReplayBuffer:
         return int(sum(b.cur - b.seg_start for b in self._builders.values()))
 
     def memory_bytes(self, include_pending: bool = True) -> int:
-        """Bytes held by the committed segments and priorities (plus the builders if asked)."""
-        total = sum(seg.nbytes() for seg in self._segments) + self._priorities.nbytes
+        """Bytes held by the committed segments and priorities (plus the builders if asked).
+
+        The priorities take 16 bytes per step (p_i and p_i^alpha).
+        """
+        total = (sum(seg.nbytes() for seg in self._segments) + self._priorities.nbytes
+                 + self._scaled_priorities.nbytes)
         if include_pending:
             total += sum(b.nbytes() for b in self._builders.values())
         return int(total)
@@ -772,7 +853,6 @@ class GameSegmentReplayBuffer:
             "priorities": self._priorities.copy(),
             "base_id": self._base_id,
             "next_id": self._next_id,
-            "max_priority": self._max_priority,
             "rng_state": self._rng.bit_generator.state,
         }
 
@@ -781,10 +861,14 @@ class GameSegmentReplayBuffer:
 
         The window geometry (stacked_observations, num_unroll_steps, td_steps) must match this
         buffer's; capacity and the priority settings are this buffer's own (segments beyond the
-        capacity are evicted).
+        capacity are evicted). States of version 1 (before new steps took the max of the live
+        priorities) load too; their all-time ``max_priority`` is no longer used.
         """
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"replay buffer state: unknown version {state.get('version')!r}")
+        if state.get("version") not in _LOADABLE_STATE_VERSIONS:
+            raise ValueError(
+                f"replay buffer state: unknown version {state.get('version')!r} (this buffer "
+                f"loads versions {', '.join(map(str, _LOADABLE_STATE_VERSIONS))})"
+            )
         config = state["config"]
         for name in ("stacked_observations", "num_unroll_steps", "td_steps"):
             if config[name] != getattr(self, name):
@@ -801,9 +885,9 @@ class GameSegmentReplayBuffer:
             eid: _EpisodeBuilder.from_state(b) for eid, b in state["builders"].items()
         }
         self._priorities = np.array(state["priorities"], dtype=np.float64)
+        self._scaled_priorities = self._scale(self._priorities)
         self._base_id = int(state["base_id"])
         self._next_id = int(state["next_id"])
-        self._max_priority = float(state["max_priority"])
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = state["rng_state"]
         self._seg_first_ids = np.array([s.first_id for s in self._segments], dtype=np.int64)

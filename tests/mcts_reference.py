@@ -24,12 +24,20 @@ Reading of the contract made explicit here:
 - score = Qn + prior * pb_c, with (MuZero's pseudocode, in its operation order)
   pb_c = log((N + pb_c_base + 1) / pb_c_base) + pb_c_init; pb_c *= sqrt(N) / (n + 1),
   N = the parent's visit count (counting the visit that expanded it), n = the child's.
-  The highest score wins; ties go to the lowest action index.
-- Root initialisation: visit_count 1, value_sum = root value, min-max updated with
-  0 + discount * root value.
+  The candidates are all actions (at the root: the legal ones only); those with
+  score >= best - 1e-6 are tied, and one of them (ascending action order) is drawn with
+  `TieStream.below` from the root's own stream; a single best candidate draws nothing.
+- Tie streams (splitmix64, all arithmetic mod 2**64): G = 0x9E3779B97F4A7C15,
+  mix(z) = splitmix64's output function; root b starts at state mix(mix(seed + G) + (b + 1) * G);
+  next() adds G to the state and returns mix(state); below(n) rejects outputs x < 2**64 mod n
+  and returns x % n.
+- Root initialisation: visit_count 1, value_sum = root value; the min-max statistics start empty
+  (min +inf, max -inf) and never see the root's Q (EfficientZero). `root_in_minmax=True`
+  restores the first version's rule (root's Q = discount * value included at the start and on
+  every backup), only to compare the two in tests.
 - Backup of a leaf value v: for every node on the path from the new leaf up to and including the
-  root: value_sum += v; visit_count += 1; update min-max with reward(node) + discount *
-  value_sum / visit_count (the updated value; the root's reward is 0); then
+  root: value_sum += v; visit_count += 1; for every node but the root, update min-max with
+  reward(node) + discount * value_sum / visit_count (the updated value); then
   v = reward(node) + discount * v.
 - Output: visit counts of the root's children, root value = value_sum / visit_count of the root.
 
@@ -42,6 +50,39 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+
+MASK64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+TIE_TOLERANCE = 1e-6
+
+
+def mix64(z: int) -> int:
+    """splitmix64's output function."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+class TieStream:
+    """The tie-breaking stream of root `b` under `seed` (splitmix64)."""
+
+    def __init__(self, seed: int, b: int):
+        h = mix64((seed + GOLDEN) & MASK64)
+        self.state = mix64((h + (b + 1) * GOLDEN) & MASK64)
+        self.draws = 0  # outputs consumed (for tests)
+
+    def next(self) -> int:
+        self.state = (self.state + GOLDEN) & MASK64
+        self.draws += 1
+        return mix64(self.state)
+
+    def below(self, n: int) -> int:
+        """Uniform in [0, n), n >= 2, by rejection of the outputs below 2**64 mod n."""
+        threshold = (1 << 64) % n
+        while True:
+            x = self.next()
+            if x >= threshold:
+                return x % n
 
 
 class Node:
@@ -92,8 +133,11 @@ def q_value(child: Node, discount: float) -> float:
 class RootSearch:
     """The tree of one root."""
 
-    def __init__(self, logits, value, legal, noise, frac, cfg):
+    def __init__(self, logits, value, legal, noise, frac, cfg, stream: TieStream,
+                 root_in_minmax: bool = False):
         self.cfg = cfg
+        self.stream = stream
+        self.root_in_minmax = root_in_minmax
         self.legal = [bool(x) for x in legal]
         self.root = Node(0, 0, 0.0, 0.0)
         legal_ids = [a for a, ok in enumerate(self.legal) if ok]
@@ -111,7 +155,8 @@ class RootSearch:
         self.minmax = MinMax()
         self.root.visit_count = 1
         self.root.value_sum = float(value)
-        self.minmax.update(self.root.reward + cfg.discount * self.root.value())
+        if root_in_minmax:
+            self.minmax.update(self.root.reward + cfg.discount * self.root.value())
         self.path: list[Node] = []
         self.pending_action = -1
 
@@ -144,11 +189,10 @@ class RootSearch:
             actions = range(len(node.priors))
             if node is self.root:
                 actions = [a for a in actions if self.legal[a]]
-            best_action, best_score = None, None
-            for a in actions:  # ascending: strict '>' keeps the lowest index on ties
-                s = self.score(node, a, m)
-                if best_score is None or s > best_score:
-                    best_action, best_score = a, s
+            scores = {a: self.score(node, a, m) for a in actions}
+            best_score = max(scores.values())
+            tied = [a for a in actions if scores[a] >= best_score - TIE_TOLERANCE]
+            best_action = tied[0] if len(tied) == 1 else tied[self.stream.below(len(tied))]
             child = node.children.get(best_action)
             if child is None:
                 self.path = path
@@ -172,7 +216,8 @@ class RootSearch:
         for node in reversed([*self.path, leaf]):
             node.value_sum += v
             node.visit_count += 1
-            self.minmax.update(node.reward + cfg.discount * node.value())
+            if node is not self.root or self.root_in_minmax:
+                self.minmax.update(node.reward + cfg.discount * node.value())
             v = node.reward + cfg.discount * v
 
     def visit_counts(self) -> list[int]:
@@ -187,8 +232,13 @@ def reference_mcts(
     cfg,
     noise: np.ndarray | None = None,
     legal_actions: np.ndarray | None = None,
+    seed: int | np.ndarray = 0,
+    root_in_minmax: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (visit_counts int64 [B, A], root_values float64 [B]). No input validation."""
+    """Returns (visit_counts int64 [B, A], root_values float64 [B]). No input validation.
+
+    `root_in_minmax=True` is the first version's min-max rule (for comparisons only).
+    """
     root_logits = np.asarray(root_logits, dtype=np.float32)
     root_values = np.asarray(root_values, dtype=np.float32)
     batch, num_actions = root_logits.shape
@@ -197,7 +247,9 @@ def reference_mcts(
     frac = cfg.root_exploration_fraction
     trees = [
         RootSearch(root_logits[b], root_values[b], legal_actions[b],
-                   None if noise is None else np.asarray(noise, dtype=np.float32)[b], frac, cfg)
+                   None if noise is None else np.asarray(noise, dtype=np.float32)[b], frac, cfg,
+                   TieStream(int(np.ravel(seed)[b]) if np.ndim(seed) else seed, b),
+                   root_in_minmax)
         for b in range(batch)
     ]
     for sim in range(1, cfg.num_simulations + 1):

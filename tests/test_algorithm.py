@@ -130,7 +130,7 @@ def test_checkpoint_restores_buffer_counters_and_continues(trained, tmp_path):
 def test_learning_rate_schedules():
     from rllib_barlowzero.torch.barlowzero_torch_learner import learning_rate
 
-    cfg = BarlowZeroConfig().training(lr=0.01, training_steps=1000)
+    cfg = BarlowZeroConfig().training(lr=0.01, training_steps=1000, lr_warmup_steps=0)
     assert learning_rate(cfg, 0) == pytest.approx(0.01)
     assert learning_rate(cfg, 500) == pytest.approx(0.005)
     assert learning_rate(cfg, 1000) == pytest.approx(0.0, abs=1e-12)
@@ -160,7 +160,7 @@ def test_same_seed_same_run():
 def test_loss_decreases_on_a_fixed_batch(trained):
     algo, _ = trained
     windows = algo.replay_buffer.sample(16)
-    batch = algo.reanalyzer.make_batch(windows, 0)
+    batch = algo.reanalyzer.make_batch(windows, 0, 0)
     learner = algo.learner_group._learner
     from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 
@@ -202,12 +202,17 @@ def test_bad_spaces_are_refused_at_build():
 
 
 def test_torch_seed_does_not_leak_into_search():
-    # The search itself holds no random state: the same module and obs give the same visits.
+    # Acting draws only from the module's own streams: torch's global seed changes nothing, the
+    # same stream key gives the same visits and actions.
     algo = tiny_config().build_algo()
     try:
         module = algo.env_runner.module
         obs = torch.zeros((3, 8))
+        module.set_random_streams((1, 2, 3))
+        torch.manual_seed(0)
         a = module.forward_inference({"obs": obs})
+        module.set_random_streams((1, 2, 3))
+        torch.manual_seed(99)
         b = module.forward_inference({"obs": obs})
         np.testing.assert_array_equal(a["mcts_policy"], b["mcts_policy"])
         np.testing.assert_array_equal(a["actions"], b["actions"])
@@ -223,5 +228,39 @@ def test_evaluate_without_interval_uses_greedy_evaluation_runners():
         assert algo.eval_env_runner is not None
         assert algo.eval_env_runner.config.explore is False
         algo.evaluate()
+    finally:
+        algo.stop()
+
+
+def test_target_model_lags_one_refresh_and_beta_anneals():
+    # EfficientZero: each refresh loads the snapshot of the previous one (targets 1-2 intervals
+    # old); the importance-weight exponent anneals from priority_prob_beta to 1 over training.
+    algo = tiny_config(target_update_interval=4, priority_prob_beta=0.4).build_algo()
+    snapshots = {0: algo._next_target_weights}
+    online_weights, sample = algo._online_weights, algo.replay_buffer.sample
+    betas = []
+
+    def recording_weights():
+        snapshots[algo._training_steps_done] = online_weights()
+        return snapshots[algo._training_steps_done]
+
+    def recording_sample(batch_size, beta=None):
+        betas.append(beta)
+        return sample(batch_size, beta=beta)
+
+    algo._online_weights, algo.replay_buffer.sample = recording_weights, recording_sample
+    try:
+        while algo._training_steps_done < 13:
+            algo.train()
+        algo._reanalyze_pool.submit(lambda: None).result()  # queued refreshes are done
+        last_refresh = algo._training_steps_done // 4 * 4
+        target = algo.reanalyzer.target_network.state_dict()
+        lagged, newest = snapshots[last_refresh - 4], snapshots[last_refresh]
+        for key, value in lagged.items():
+            np.testing.assert_array_equal(target[key].numpy(), np.asarray(value), err_msg=key)
+        assert any(not np.array_equal(np.asarray(newest[k]), target[k].numpy()) for k in newest)
+        # One sample per update, update i with beta = 0.4 + 0.6 * i / training_steps.
+        expected = [0.4 + 0.6 * i / 1000 for i in range(len(betas))]
+        np.testing.assert_allclose(betas, expected)
     finally:
         algo.stop()

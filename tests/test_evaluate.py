@@ -73,6 +73,9 @@ def test_evaluate_plays_whole_atari_games_and_records_a_gif(breakout_checkpoint,
     report = json.loads(out.read_text())
     # Evaluation games are whole games (no episodic life) cut at max_moves, with raw scores.
     assert report["lengths"] == [MAX_MOVES, MAX_MOVES]
+    # Both were cut at the move cap, and the report says so.
+    assert report["truncated"] == 2 and report["truncated_share"] == 1.0
+    assert "games cut at the move cap: 2 / 2 (100%)" in done.stdout
     assert all(score >= 0 for score in report["scores"])
     assert f"(one game: score {report['scores'][0]:g}, {MAX_MOVES} steps)" in done.stdout
     # The GIF shows the full-resolution screen, one frame per agent step plus the first, 40 ms
@@ -132,3 +135,13 @@ def test_table_1_statistics():
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[3:]}
     assert list(rows) == ["max", "mean", "median", "min", "std"]
     assert rows["max"] == ["427.0", "4.0"] and rows["min"] == ["274.0", "1.0"]
+
+
+def test_table_counts_the_games_cut_at_the_move_cap():
+    stats = summary_statistics([1.0, 2.0])
+    report = {
+        "algorithm": "BarlowZero", "env": "BreakoutNoFrameskip-v4", "episodes": 32,
+        "checkpoint": None, "score": stats, "length": stats, "truncated": 3,
+        "truncated_share": 3 / 32,
+    }
+    assert format_table(report).splitlines()[-1] == "games cut at the move cap: 3 / 32 (9%)"

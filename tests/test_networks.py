@@ -15,6 +15,7 @@ from rllib_barlowzero.torch.networks import (
     BarlowZeroNetwork,
     InitialOutput,
     RecurrentOutput,
+    normalize_hidden_state,
 )
 
 SMALL = dict(
@@ -87,8 +88,9 @@ def test_paper_config_is_the_appendix_network(paper_net):
     assert momenta == {0.1}
 
 
-def test_hidden_states_are_min_max_normalised(paper_net):
-    net = paper_net.eval()
+def test_hidden_states_are_min_max_normalised_when_asked():
+    torch.manual_seed(0)
+    net = BarlowZeroNetwork((12, 96, 96), 4, normalize_state=True).eval()
     with torch.no_grad():
         out = net.initial_inference(_uint8_obs(2, (12, 96, 96), seed=1))
         rec = net.recurrent_inference(out.state, net.initial_lstm_state(2), torch.tensor([1, 2]))
@@ -96,6 +98,23 @@ def test_hidden_states_are_min_max_normalised(paper_net):
         flat = state.flatten(1)
         torch.testing.assert_close(flat.min(1).values, torch.zeros(2))
         torch.testing.assert_close(flat.max(1).values, torch.ones(2))
+
+
+def test_hidden_states_are_not_normalised_by_default(paper_net):
+    # EfficientZero's Atari model (state_norm=False): the state is the residual stack's output
+    # as it is (ReLU: min 0, max not 1); normalisation is exactly the min-max map of it.
+    net = paper_net.eval()
+    with torch.no_grad():
+        out = net.initial_inference(_uint8_obs(2, (12, 96, 96), seed=1))
+    flat = out.state.flatten(1)
+    assert not torch.allclose(flat.max(1).values, torch.ones(2))
+    normalised = BarlowZeroNetwork((12, 96, 96), 4, normalize_state=True).eval()
+    normalised.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        expected = normalize_hidden_state(net.initial_inference(
+            _uint8_obs(2, (12, 96, 96), seed=1)).state)
+        torch.testing.assert_close(normalised.initial_inference(
+            _uint8_obs(2, (12, 96, 96), seed=1)).state, expected)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

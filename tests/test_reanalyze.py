@@ -10,6 +10,7 @@ from cython_mcts import MCTSConfig, run_mcts
 from rllib_barlowzero import BarlowZeroConfig
 from rllib_barlowzero.reanalyze import Reanalyzer, gather_stacks
 from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer
+from rllib_barlowzero.streams import REANALYZE_STREAM
 from rllib_barlowzero.targets import off_policy_td_steps
 from rllib_barlowzero.torch.networks import BarlowZeroNetwork
 
@@ -57,7 +58,8 @@ def filled_buffer(config: BarlowZeroConfig, seed: int = 0) -> GameSegmentReplayB
     return buffer
 
 
-def direct_search(net: BarlowZeroNetwork, obs: torch.Tensor, cfg: MCTSConfig) -> np.ndarray:
+def direct_search(net: BarlowZeroNetwork, obs: torch.Tensor, cfg: MCTSConfig,
+                  noise: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """The search written out plainly: one list entry of states per simulation."""
     with torch.no_grad():
         root = net.initial_inference(obs)
@@ -76,34 +78,64 @@ def direct_search(net: BarlowZeroNetwork, obs: torch.Tensor, cfg: MCTSConfig) ->
             lstm.append(out.lstm_state)
             return out.value_prefix.numpy(), out.value.numpy(), out.policy_logits.numpy()
 
-        result = run_mcts(root.policy_logits.numpy(), root.value.numpy(), recurrent_fn, cfg)
+        result = run_mcts(root.policy_logits.numpy(), root.value.numpy(), recurrent_fn, cfg,
+                          noise=noise, seed=seed)
     return result.visit_counts
 
 
-def test_reanalyzed_policy_equals_a_direct_search_with_the_target_model():
-    config = make_config()
+@pytest.mark.parametrize("reanalyze_noise", [False, True])
+def test_reanalyzed_policy_equals_a_direct_search_with_the_target_model(reanalyze_noise):
+    config = make_config(reanalyze_noise=reanalyze_noise)
     target = make_network(seed=1)
-    reanalyzer = Reanalyzer(make_network(seed=2), config, seed=0)
+    reanalyzer = Reanalyzer(make_network(seed=2), config, seed=11)
     reanalyzer.set_weights(target.state_dict())
     windows = filled_buffer(config).sample(8, np.random.default_rng(3))
-    batch = reanalyzer.make_batch(windows, training_step=0)
+    batch = reanalyzer.make_batch(windows, training_step=0, batch_index=7)
 
-    k_max = config.num_unroll_steps
-    for k in range(k_max + 1):
-        obs = torch.from_numpy(gather_stacks(windows.frames, np.full((8, 1), k), 2)[:, 0])
-        visits = direct_search(target, obs, reanalyzer.mcts_config).astype(np.float32)
-        expected = visits / visits.sum(1, keepdims=True)
-        real = batch["policy_mask"][:, k] > 0
-        np.testing.assert_allclose(batch["target_policy"][real, k], expected[real], atol=1e-6)
-        # Past the episode's end the policy target is empty (and masked).
-        assert np.all(batch["target_policy"][~real, k] == 0)
+    # Batch 7's draws, in the documented order, from its own generator: which samples are
+    # re-searched, the roots' Dirichlet noise (when on), the search's tie seed.
+    rng = np.random.default_rng([11, REANALYZE_STREAM, 7])
+    revisit = rng.random(8) < config.revisit_policy_search_rate
+    real = batch["policy_mask"] > 0  # [B, K+1]
+    b_idx, k_idx = np.nonzero(revisit[:, None] & real)
+    noise = None
+    if reanalyze_noise:
+        noise = rng.dirichlet(np.full(NUM_ACTIONS, config.dirichlet_alpha), size=len(b_idx))
+        noise = noise.astype(np.float32)
+    seed = int(rng.integers(2**63))
+    every_step = np.tile(np.arange(config.num_unroll_steps + 1), (8, 1))
+    obs = torch.from_numpy(gather_stacks(windows.frames, every_step, 2)[b_idx, k_idx])
+    visits = direct_search(target, obs, reanalyzer.mcts_config, noise, seed).astype(np.float32)
+    expected = visits / visits.sum(1, keepdims=True)
+    np.testing.assert_allclose(batch["target_policy"][b_idx, k_idx], expected, atol=1e-6)
+    # Past the episode's end the policy target is empty (and masked).
+    assert np.all(batch["target_policy"][~real] == 0)
+
+
+def test_reanalyze_randomness_comes_from_the_seed_and_the_batch_index():
+    config = make_config()
+    net = make_network(seed=1)
+    windows = filled_buffer(config).sample(8, np.random.default_rng(3))
+
+    def targets(seed: int, batch_index: int) -> np.ndarray:
+        reanalyzer = Reanalyzer(net, config, seed=seed)
+        return reanalyzer.make_batch(windows, training_step=0, batch_index=batch_index)[
+            "target_policy"]
+
+    np.testing.assert_array_equal(targets(1, 4), targets(1, 4))  # a rerun, a new reanalyzer
+    assert not np.array_equal(targets(1, 4), targets(2, 4))  # another seed: other noise
+    assert not np.array_equal(targets(1, 4), targets(1, 5))  # another batch: other noise
+    no_noise = make_config(reanalyze_noise=False)
+    quiet = [Reanalyzer(net, no_noise, seed=s).make_batch(windows, 0, 4)["target_policy"]
+             for s in (1, 2)]
+    np.testing.assert_allclose(quiet[0], quiet[1])  # without noise the seed only breaks ties
 
 
 def test_no_revisit_keeps_the_stored_policies():
     config = make_config(revisit_policy_search_rate=0.0)
     reanalyzer = Reanalyzer(make_network(), config, seed=0)
     windows = filled_buffer(config).sample(8, np.random.default_rng(0))
-    batch = reanalyzer.make_batch(windows, training_step=0)
+    batch = reanalyzer.make_batch(windows, training_step=0, batch_index=0)
     np.testing.assert_array_equal(batch["target_policy"], windows.policies)
 
 
@@ -114,7 +146,7 @@ def test_value_targets_bootstrap_from_the_target_model():
     reanalyzer.set_weights(target.state_dict())
     windows = filled_buffer(config).sample(8, np.random.default_rng(1))
     step = 0
-    batch = reanalyzer.make_batch(windows, training_step=step)
+    batch = reanalyzer.make_batch(windows, training_step=step, batch_index=0)
     n = off_policy_td_steps(step, windows.collected_at, config.td_steps,
                             config.auto_td_steps_ratio, config.training_steps)
     gamma = config.discount

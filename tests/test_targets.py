@@ -120,7 +120,7 @@ def _model_values(windows: SampledWindows, positions: np.ndarray) -> np.ndarray:
 
 
 def _targets_by_step(buffer: GameSegmentReplayBuffer, n: int = 2) -> dict[int, UnrollTargets]:
-    windows = buffer.sample(400)
+    windows = buffer.sample(len(buffer))
     positions = bootstrap_positions(windows, n, K)
     targets = make_unroll_targets(windows, _model_values(windows, positions), n, DISCOUNT, K,
                                   lstm_horizon_len=5)
@@ -217,7 +217,7 @@ def test_targets_equal_one_array_reference_for_every_step(terminated):
                                  np.zeros(b - a), terminated=terminated and b == T,
                                  truncated=not terminated and b == T, collected_at=a)
         a = b
-    windows = buffer.sample(2000)
+    windows = buffer.sample(len(buffer))
     n = off_policy_td_steps(40, windows.collected_at, td, 0.25, 40)  # n = 5 - (40 - a) // 10
     positions = bootstrap_positions(windows, n, K)
     boot = np.empty(positions.shape, np.float32)
@@ -236,8 +236,8 @@ def test_targets_equal_one_array_reference_for_every_step(terminated):
         real = len(ref["actions"])
         np.testing.assert_array_equal(targets.actions[b, :real], ref["actions"])
         assert np.all((targets.actions[b] >= 0) & (targets.actions[b] < A))
-    assert targets.value.shape == (2000, K + 1) and targets.policy.shape == (2000, K + 1, A)
-    assert targets.consistency_mask.shape == (2000, K) and targets.actions.shape == (2000, K)
+    assert targets.value.shape == (T, K + 1) and targets.policy.shape == (T, K + 1, A)
+    assert targets.consistency_mask.shape == (T, K) and targets.actions.shape == (T, K)
     assert set(np.unique(n)) == {1, 2, 3, 4, 5}
     with pytest.raises(ValueError, match="num_unroll_steps"):
         make_unroll_targets(windows, boot, n, 0.9, K - 1, L)

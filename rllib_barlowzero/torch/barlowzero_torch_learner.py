@@ -21,21 +21,28 @@ NEW_PRIORITIES = "new_priorities"
 
 
 def learning_rate(config: Any, step: int) -> float:
-    """The learning rate at gradient step `step` for `config.lr_schedule`.
+    """The learning rate at gradient step `step`: a linear warm-up, then `config.lr_schedule`.
 
-    cosine: the paper's CosineAnnealingLR over `training_steps` (to 0).
-    step: EfficientZero's linear warm-up over `lr_warmup_steps`, then x0.1 after 5/6 of training.
-    constant: `lr` throughout.
+    Every schedule starts with EfficientZero's linear warm-up, lr * (step + 1) / lr_warmup_steps
+    for step < `lr_warmup_steps` (0 turns it off); afterwards:
+      cosine: the paper's CosineAnnealingLR over `training_steps` (to 0), as a function of `step`
+          (so the warm-up takes the first steps of the same curve, it does not shift it);
+      step: EfficientZero's x0.1 after 5/6 of training;
+      constant: `lr` throughout.
     """
     base = float(config.lr)
     if config.lr_schedule == "cosine":
         progress = min(step, config.training_steps) / config.training_steps
-        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
-    if config.lr_schedule == "step":
-        if step < config.lr_warmup_steps:
-            return base * (step + 1) / config.lr_warmup_steps
-        return base * (0.1 if step >= config.training_steps * 5 // 6 else 1.0)
-    return base
+        scheduled = base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif config.lr_schedule == "step":
+        scheduled = base * (0.1 if step >= config.training_steps * 5 // 6 else 1.0)
+    elif config.lr_schedule == "constant":
+        scheduled = base
+    else:
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
+    if step < config.lr_warmup_steps:
+        return scheduled * (step + 1) / config.lr_warmup_steps
+    return scheduled
 
 
 class BarlowZeroTorchLearner(TorchLearner):

@@ -12,11 +12,14 @@ from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from rllib_barlowzero.augmentations import augment
-from rllib_barlowzero.torch.networks import BarlowZeroNetwork
+from rllib_barlowzero.torch.networks import BarlowZeroNetwork, choose_downsample
 from rllib_barlowzero.torch.search import (
+    draw_search_randomness,
     mcts_config_from,
+    most_visited_actions,
     sample_actions,
     search,
+    slot_generators,
     visit_temperature,
 )
 
@@ -25,7 +28,13 @@ ROOT_VALUE = "root_value"
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
-    """Refuses spaces the BarlowZero model cannot take, naming what it expects."""
+    """Refuses spaces the BarlowZero model cannot take, naming what it expects.
+
+    The module sees the env runner's (stacked) observation space. Gymnasium ids come through
+    `rllib_barlowzero.env.make_gym_env`, which already turns image spaces ((H, W), (H, W, C) or
+    (C, H, W); uint8, bool or float in [0, 1]) into uint8 (C, H, W); an env given as a class or
+    creator must do so itself, e.g. with `rllib_barlowzero.env.ChannelsFirstUint8`.
+    """
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(
             f"BarlowZero needs a Discrete action space; the env has {action_space}."
@@ -36,12 +45,14 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
     ):
         raise ValueError(
             "BarlowZero needs a Box observation space of shape (D,) (vectors) or (C, H, W) "
-            f"uint8 images (channels first); the env has {observation_space}."
+            f"uint8 images (channels first); the env has {observation_space}. Image envs given "
+            "as a class or creator: wrap them in rllib_barlowzero.env.ChannelsFirstUint8."
         )
     if len(observation_space.shape) == 3 and observation_space.dtype != "uint8":
         raise ValueError(
             "BarlowZero image observations must be uint8 (C, H, W); the env has dtype "
-            f"{observation_space.dtype}."
+            f"{observation_space.dtype}. Image envs given as a class or creator: wrap them in "
+            "rllib_barlowzero.env.ChannelsFirstUint8 (bool and float in [0, 1] become uint8)."
         )
 
 
@@ -52,14 +63,18 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
     visit counts with EfficientZero's temperature schedule; `_forward_inference` searches without
     noise and takes the most visited action. Both add `mcts_policy` [B, A] and `root_value` [B] to
     their outputs, so they land in the episodes.
+
+    Row b of an acting batch (vector-env slot b on an env runner) draws its root noise, tie-breaking
+    seed and action from its own generator, seeded from `set_random_streams`' key and b.
     """
 
     def setup(self) -> None:
         cfg = self.model_config
         check_spaces(self.observation_space, self.action_space)
         self.num_actions = int(self.action_space.n)
+        observation_shape = tuple(self.observation_space.shape)
         self.network = BarlowZeroNetwork(
-            observation_shape=tuple(self.observation_space.shape),
+            observation_shape=observation_shape,
             num_actions=self.num_actions,
             channels=cfg["channels"],
             blocks=cfg["blocks"],
@@ -78,14 +93,28 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
             bn_mt=cfg["bn_mt"],
             consistency_loss="none" if self.inference_only else cfg["consistency_loss"],
             mlp_hidden_layers=tuple(cfg["mlp_hidden_layers"]),
+            normalize_state=cfg["state_normalization"],
+            downsample=choose_downsample(observation_shape),
         )
         # Gradient steps taken so far: drives the temperature schedule on env runners (it travels
         # with the weights) and the learning-rate schedule (it travels with checkpoints).
         self.register_buffer("training_step", torch.zeros((), dtype=torch.int64))
         self.mcts_config = mcts_config_from(cfg)
-        self._dirichlet = torch.distributions.Dirichlet(
-            torch.full((self.num_actions,), float(cfg["dirichlet_alpha"]))
-        )
+        self.dirichlet_alpha = float(cfg["dirichlet_alpha"])
+        self.augmentation = list(cfg["augmentation"])
+        self.set_random_streams((0,))
+
+    def set_random_streams(self, key: tuple[int, ...]) -> None:
+        """Restarts the per-row random streams of acting from the entropy `key` (non-negative
+        ints: the config seed and the owner's index, e.g. (seed, runner kind, worker index))."""
+        self._stream_key = tuple(int(k) for k in key)
+        self._row_generators: list[np.random.Generator] = []
+
+    def _generators(self, batch_size: int) -> list[np.random.Generator]:
+        have = len(self._row_generators)
+        if have < batch_size:  # more rows than ever before: new streams, the old ones go on
+            self._row_generators += slot_generators(self._stream_key, batch_size, start=have)
+        return self._row_generators[:batch_size]
 
     def get_non_inference_attributes(self) -> list[str]:
         return ["network.projection", "network.predictor"]
@@ -95,19 +124,20 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
     def _act(self, batch: dict[str, Any], explore: bool) -> dict[str, Any]:
         obs = batch[Columns.OBS]
         self.network.eval()
-        noise = None
-        if explore:
-            noise = self._dirichlet.sample((obs.shape[0],)).numpy().astype(np.float32)
-        out = search(self.network, obs, self.mcts_config, noise=noise)
+        generators = self._generators(obs.shape[0])
+        noise, seeds = draw_search_randomness(
+            generators, self.num_actions, self.dirichlet_alpha if explore else None
+        )
+        out = search(self.network, obs, self.mcts_config, noise=noise, seed=seeds)
         visits = out.visit_counts
         policy = (visits / visits.sum(axis=1, keepdims=True)).astype(np.float32)
         if explore:
             temperature = visit_temperature(
                 int(self.training_step), int(self.model_config["training_steps"])
             )
-            actions = sample_actions(visits, temperature)
+            actions = sample_actions(visits, temperature, generators)
         else:
-            actions = np.argmax(visits, axis=1).astype(np.int64)
+            actions = most_visited_actions(visits, generators)
         return {
             Columns.ACTIONS: actions,
             MCTS_POLICY: policy,
@@ -139,9 +169,9 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         obs = batch[Columns.OBS]
         actions = batch[Columns.ACTIONS].long()
         num_unroll = actions.shape[1]
-        augmentations = cfg.get("augmentation", [])
-        if augmentations and obs.dim() == 4:
-            obs = augment(obs.float() / 255.0, augmentations) * 255.0
+        augmented = bool(self.augmentation) and obs.dim() == 4
+        if augmented:
+            obs = augment(obs.float() / 255.0, self.augmentation) * 255.0
 
         state = net.representation(obs)
         policy_logits, value_logits = net.prediction(state)
@@ -166,10 +196,15 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
             "value_prefix_logits": torch.stack(all_prefix, dim=1),
         }
         if cfg["consistency_loss"] != "none":
-            target_obs = batch["target_obs"]
+            target_obs = batch["target_obs"]  # [B, K, *obs_shape]
+            if augmented:
+                # One shift and one intensity per sample for all K targets (EfficientZero
+                # augments a sample's whole target stack at once): channels side by side.
+                b, k, c, h, w = target_obs.shape
+                stacked = augment(target_obs.reshape(b, k * c, h, w).float() / 255.0,
+                                  self.augmentation) * 255.0
+                target_obs = stacked.reshape(b, k, c, h, w)
             flat_target = target_obs.reshape(-1, *target_obs.shape[2:])
-            if augmentations and flat_target.dim() == 4:
-                flat_target = augment(flat_target.float() / 255.0, augmentations) * 255.0
             online = torch.stack(states, dim=1)
             online = net.project(online.reshape(-1, *online.shape[2:]), with_grad=True)
             if cfg["consistency_loss"] == "simsiam":

@@ -10,6 +10,10 @@ The architecture is the paper's appendix, read with EfficientZero where the pape
   EfficientZero, the paper's last "res 64" *is* the `blocks` stack (blocks=1 gives the paper's
   list exactly) and no BN/ReLU follows the pooling layers. `downsample=False` (small images):
   conv 3x3 s1 -> channels (BN, ReLU), then `blocks` residual blocks, no change of resolution.
+  Which one: `choose_downsample(observation_shape)`, the choice the RLModule makes: the paper's
+  stack when the smaller image side is at least `DOWNSAMPLE_MIN_SIZE` = 32 pixels (32 -> 2x2,
+  64 -> 4x4, 84 or 96 -> 6x6 latents), the stride-1 stem below it (MinAtar's 10x10 keeps a
+  10x10 latent; x1/16 would leave 1x1).
   Vector observations: an MLP (`mlp_hidden_layers`, Linear+BN+ReLU) to `channels` features
   (Linear+BN+ReLU), viewed as a [B, channels, 1, 1] latent, then `blocks` residual blocks, so the
   dynamics and prediction networks below are the same for both.
@@ -23,10 +27,11 @@ The architecture is the paper's appendix, read with EfficientZero where the pape
   2 * value_support_size + 1 value logits / num_actions policy logits.
 - The last linear layers of the value, value-prefix and policy heads start at zero (EfficientZero's
   `init_zero`): at initialisation values and value prefixes are 0 and policies uniform.
-- Hidden states are min-max normalised to [0, 1] per sample (over all of a sample's C*H*W
-  features) after the representation and after the dynamics (EfficientZero's `renormalize`;
-  `normalize_state=False` turns it off). The value-prefix head reads the dynamics' state before
-  this normalisation, as in EfficientZero.
+- With `normalize_state=True` hidden states are min-max normalised to [0, 1] per sample (over
+  all of a sample's C*H*W features) after the representation and after the dynamics (MuZero's
+  scaling; EfficientZero's `renormalize`, which its Atari config leaves off: `state_norm=False`).
+  Off by default, as EfficientZero's Atari model. The value-prefix head reads the dynamics' state
+  before any normalisation, as in EfficientZero.
 - projection (unless consistency_loss="none"): flatten (C*H*W, 2304 for Atari) -> proj_hid
   (BN, ReLU) -> proj_hid (BN, ReLU) -> proj_out (BN). For "simsiam" only, EfficientZero's
   predictor: proj_out -> pred_hid (BN, ReLU) -> pred_out.
@@ -51,10 +56,12 @@ from rllib_barlowzero.losses import check_consistency_loss, support_to_scalar
 
 __all__ = [
     "BarlowZeroNetwork",
+    "DOWNSAMPLE_MIN_SIZE",
     "InitialOutput",
     "LSTMState",
     "RecurrentOutput",
     "ResidualBlock",
+    "choose_downsample",
     "normalize_hidden_state",
 ]
 
@@ -62,6 +69,18 @@ LSTMState = tuple[torch.Tensor, torch.Tensor]
 """(h, c), each [1, B, lstm_hidden_size]."""
 
 STATE_NORM_EPS = 1e-5
+
+DOWNSAMPLE_MIN_SIZE = 32
+"""Images whose smaller side (H or W) is at least this many pixels get the paper's x1/16
+downsampling representation; smaller ones the stride-1 stem (see `choose_downsample`)."""
+
+
+def choose_downsample(observation_shape: Sequence[int]) -> bool:
+    """The representation for an observation shape: True (the paper's x1/16 ResNet stack) for
+    images (C, H, W) with min(H, W) >= `DOWNSAMPLE_MIN_SIZE`, False (one stride-1 conv, full
+    resolution) for smaller images; vectors (D,) have no downsampling (False)."""
+    shape = tuple(int(d) for d in observation_shape)
+    return len(shape) == 3 and min(shape[1:]) >= DOWNSAMPLE_MIN_SIZE
 
 
 class InitialOutput(NamedTuple):
@@ -317,7 +336,9 @@ class BarlowZeroNetwork(nn.Module):
             (neither).
         mlp_hidden_layers: hidden sizes of the MLP representation of vector observations.
         downsample: images only; the ResNet downsampling stack (x1/16), or one stride-1 conv.
-        normalize_state: min-max normalise hidden states per sample (EfficientZero).
+            The RLModule passes `choose_downsample(observation_shape)`.
+        normalize_state: min-max normalise hidden states per sample (MuZero; EfficientZero's
+            Atari model does not, hence the default).
     """
 
     def __init__(
@@ -345,7 +366,7 @@ class BarlowZeroNetwork(nn.Module):
         consistency_loss: str = "barlow",
         mlp_hidden_layers: Sequence[int] = (64, 64),
         downsample: bool = True,
-        normalize_state: bool = True,
+        normalize_state: bool = False,
     ):
         super().__init__()
         self.observation_shape = tuple(int(d) for d in observation_shape)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cython_mcts import MCTSConfig, SearchOutput, run_mcts
+from cython_mcts import MCTSConfig, SearchOutput, greedy_actions, run_mcts
 
 
 def mcts_config_from(model_config: Mapping[str, Any]) -> MCTSConfig:
@@ -38,6 +38,7 @@ def search(
     *,
     noise: np.ndarray | None = None,
     legal_actions: np.ndarray | None = None,
+    seed: int | np.ndarray = 0,
 ) -> SearchOutput:
     """Runs one batched search from the observations `obs`.
 
@@ -47,6 +48,7 @@ def search(
         config: the search settings; `config.lstm_horizon_len` drives the LSTM resets.
         noise: float32 [B, A] Dirichlet noise for the roots, or None.
         legal_actions: bool [B, A], or None for all legal.
+        seed: the tie-breaking streams of `run_mcts` (an int, or one per root [B]).
 
     Returns:
         `SearchOutput` with visit_counts [B, A] and root_values [B].
@@ -92,6 +94,7 @@ def search(
         config,
         noise=noise,
         legal_actions=legal_actions,
+        seed=seed,
     )
 
 
@@ -104,16 +107,62 @@ def visit_temperature(training_step: int, training_steps: int) -> float:
     return 0.25
 
 
+def slot_generators(key: tuple[int, ...], count: int, start: int = 0) -> list[np.random.Generator]:
+    """Independent generators for slots start..count-1, slot i's seeded from the entropy (*key, i).
+
+    `key` names the owner (the config seed, then e.g. an env runner's index); slot i's generator
+    drives everything random about its search and action, so no two slots share a stream and a
+    seed reproduces them all.
+    """
+    return [np.random.default_rng([*key, i]) for i in range(start, count)]
+
+
+def draw_search_randomness(
+    generators: list[np.random.Generator], num_actions: int, dirichlet_alpha: float | None
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """One root's Dirichlet noise (None when `dirichlet_alpha` is None) and tie seed per slot.
+
+    Returns:
+        noise float32 [B, A] or None, and seeds uint64 [B] for `run_mcts(seed=...)`.
+    """
+    noise = None
+    if dirichlet_alpha is not None:
+        alpha = np.full(num_actions, float(dirichlet_alpha))
+        noise = np.stack([g.dirichlet(alpha) for g in generators]).astype(np.float32)
+    seeds = np.array([g.integers(2**63, dtype=np.uint64) for g in generators], dtype=np.uint64)
+    return noise, seeds
+
+
 def sample_actions(
-    visit_counts: np.ndarray, temperature: float, generator: torch.Generator | None = None
+    visit_counts: np.ndarray, temperature: float, generators: list[np.random.Generator]
 ) -> np.ndarray:
     """Samples one action per row with probability proportional to visits ** (1 / temperature).
+
+    Args:
+        visit_counts: int [B, A]; row b is sampled with `generators[b]`.
+    Returns:
+        int64 [B].
+    """
+    counts = np.asarray(visit_counts, dtype=np.float64)
+    weights = counts ** (1.0 / temperature)
+    probs = weights / weights.sum(axis=1, keepdims=True)
+    return np.array(
+        [g.choice(probs.shape[1], p=p) for g, p in zip(generators, probs, strict=True)],
+        dtype=np.int64,
+    )
+
+
+def most_visited_actions(
+    visit_counts: np.ndarray, generators: list[np.random.Generator]
+) -> np.ndarray:
+    """The most visited action per row, ties chosen uniformly with that row's generator.
 
     Args:
         visit_counts: int [B, A].
     Returns:
         int64 [B].
     """
-    counts = torch.as_tensor(np.asarray(visit_counts, dtype=np.float64))
-    weights = counts ** (1.0 / temperature)
-    return torch.multinomial(weights, 1, generator=generator)[:, 0].numpy().astype(np.int64)
+    return np.array(
+        [greedy_actions(row[None], g)[0] for g, row in zip(generators, visit_counts, strict=True)],
+        dtype=np.int64,
+    )
