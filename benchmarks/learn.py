@@ -68,7 +68,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from rllib_barlowzero.cli import UserError, load_yaml, parse_json_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 COEFF_KEYS = ("consistency_loss_coeff", "policy_loss_coeff", "value_loss_coeff")
@@ -111,16 +112,11 @@ class RunSpec:
 # YAML -> runs
 # --------------------------------------------------------------------------------------------
 def load_experiments(path: Path) -> dict[str, dict[str, Any]]:
-    """The experiments of a YAML file, `{name: {run, env, stop, config}}`."""
+    """The experiments of a YAML file, `{name: {run, env, stop, config}}` (read as the CLI does)."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise BenchmarkError(f"{path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise BenchmarkError(f"{path}: malformed YAML: {e}") from None
-    if not isinstance(data, dict) or not data or not all(isinstance(s, dict)
-                                                         for s in data.values()):
-        raise BenchmarkError(f"{path}: expected a mapping of experiment names to experiments")
+        data = load_yaml(str(path))
+    except UserError as e:
+        raise BenchmarkError(str(e)) from None
     for name, spec in data.items():
         if spec.get("run", "BarlowZero") != "BarlowZero":
             raise BenchmarkError(f"experiment '{name}': run is {spec['run']!r}, not BarlowZero")
@@ -576,15 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_overrides(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BenchmarkError(f"--config is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise BenchmarkError("--config must be a JSON object, e.g. '{\"lr\": 0.05}'")
-    return value
+        return parse_json_arg("--config", text)
+    except UserError as e:
+        raise BenchmarkError(str(e)) from None
 
 
 def summary_table(runs: list[dict[str, Any]]) -> str:
