@@ -88,7 +88,7 @@ def main() -> None:
 
     def reanalyze() -> None:
         windows = algo.replay_buffer.sample(cfg.batch_size)
-        batches.append(algo.reanalyzer.make_batch(windows, 0))
+        batches.append(algo.reanalyzer.make_batch(windows, 0, len(batches)))
 
     reanalyze_s = statistics.median(timed(reanalyze, args.repeats))
 

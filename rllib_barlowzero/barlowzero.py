@@ -424,8 +424,8 @@ def _refuse_ignored_settings(config: BarlowZeroConfig) -> None:
             f"BarlowZero updates on `batch_size`={config.batch_size} samples per gradient step, "
             "split over the learners. Set `batch_size`."
         )
-    env_config = config.env_config or {}
-    if "max_moves" in env_config:
+    evaluation_env_config = (config.evaluation_config or {}).get("env_config") or {}
+    if "max_moves" in {**(config.env_config or {}), **evaluation_env_config}:
         raise ValueError(
             "BarlowZeroConfig: `max_moves` in `env_config` is not read; set it with "
             f".training(max_moves=...) (now {config.max_moves}), its one route to the env."
@@ -573,8 +573,7 @@ class BarlowZero(Algorithm):
             beta = annealed_beta(cfg.priority_prob_beta, update_index, cfg.training_steps)
             windows = self.replay_buffer.sample(cfg.batch_size, beta=beta)
             return windows, self._reanalyze_pool.submit(
-                _timed, self.reanalyzer.make_batch, windows, self._training_steps_done,
-                update_index,
+                _timed, self.reanalyzer.make_batch, windows, update_index, update_index
             )
 
         wait_s = update_s = reanalyze_s = 0.0
@@ -636,13 +635,19 @@ class BarlowZero(Algorithm):
         self._reanalyze_pool.shutdown(wait=True, cancel_futures=True)
         super().cleanup()
 
+    def _wait_for_reanalyze_thread(self) -> None:
+        """Lets queued target refreshes finish, so that the target model is not half loaded."""
+        self._reanalyze_pool.submit(lambda: None).result()
+
     @override(Algorithm)
     def get_state(self, *args, **kwargs) -> dict[str, Any]:
+        self._wait_for_reanalyze_thread()
         state = super().get_state(*args, **kwargs)
         state["barlowzero"] = {
             "replay_buffer": self.replay_buffer.get_state(),
             "target_model": {
-                k: v.cpu().numpy() for k, v in self.reanalyzer.target_network.state_dict().items()
+                k: v.detach().cpu().numpy().copy()
+                for k, v in self.reanalyzer.target_network.state_dict().items()
             },
             "next_target_model": self._next_target_weights,
             "seed": self.reanalyzer.seed,
@@ -654,14 +659,17 @@ class BarlowZero(Algorithm):
 
     @override(Algorithm)
     def set_state(self, state: dict[str, Any]) -> None:
+        self._wait_for_reanalyze_thread()
         super().set_state(state)
         own = state.get("barlowzero")
         if own is None:
             return
         self.replay_buffer.set_state(own["replay_buffer"])
         self.reanalyzer.set_weights(own["target_model"])
-        self._next_target_weights = own["next_target_model"]
-        self.reanalyzer.seed = own["seed"]
+        # Checkpoints from before the lagged target and the per-batch streams lack these two:
+        # the target then lags from here on, and the batches draw from the configured seed.
+        self._next_target_weights = own.get("next_target_model", own["target_model"])
+        self.reanalyzer.seed = own.get("seed", run_seed(self.config.seed))
         self._training_steps_done = own["training_steps_done"]
         self._updates_owed = own["updates_owed"]
         self._weights_step = own["weights_step"]
