@@ -28,6 +28,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rllib_barlowzero.env_runner import episode_quotas
+
 __all__ = [
     "CheckpointError",
     "EvaluateError",
@@ -198,11 +200,6 @@ def _play(env_runner: Any, num_games: int) -> list[tuple[float, int, bool]]:
     return [(float(e.get_return()), len(e), bool(e.is_truncated)) for e in episodes]
 
 
-def _share(total: int, parts: int, index: int) -> int:
-    """Part `index` of `total` split as evenly as possible over `parts`, the first ones first."""
-    return total // parts + (index < total % parts)
-
-
 def play_games(
     algo: Any, episodes: int = 32, progress: bool = True, checkpoint: str | None = None
 ) -> dict[str, Any]:
@@ -227,7 +224,7 @@ def play_games(
             game
             for played in group.foreach_env_runner(
                 # Remote runners are numbered 1..runners.
-                lambda er: _play(er, _share(episodes, runners, er.worker_index - 1)),
+                lambda er: _play(er, episode_quotas(episodes, runners)[er.worker_index - 1]),
                 local_env_runner=False,
             )
             for game in played
