@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import ray
 import torch
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
@@ -25,6 +25,7 @@ from ray.rllib.utils.metrics import (
     SYNCH_WORKER_WEIGHTS_TIMER,
     TIMERS,
 )
+from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.registry import register_env
 
 from rllib_barlowzero.env.atari import atari_env_creator, is_atari_env_id
@@ -33,6 +34,7 @@ from rllib_barlowzero.env.gymnasium_env import make_gym_env
 from rllib_barlowzero.env.minatar_envs import is_minatar_env_id, register_minatar_envs
 from rllib_barlowzero.env_runner import BarlowZeroEnvRunner
 from rllib_barlowzero.reanalyze import Reanalyzer
+from rllib_barlowzero.reanalyze_workers import ReanalyzeQueue, reanalyze_worker_resources
 from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer, annealed_beta
 from rllib_barlowzero.streams import run_seed
 from rllib_barlowzero.tensorboard import TensorBoardCallback
@@ -102,6 +104,14 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "reanalyze_noise": True,
     # Vector observations (classic control) use an MLP representation of these widths.
     "mlp_hidden_layers": [64, 64],
+    # Reanalyze on Ray actors (0: one thread in the driver) and batches in flight.
+    "num_reanalyze_workers": 0,
+    "num_cpus_per_reanalyze_worker": 1,
+    "num_gpus_per_reanalyze_worker": 0,
+    "custom_resources_per_reanalyze_worker": {},
+    "reanalyze_queue_size": 1,
+    # bf16 autocast of the learner's forward pass (GPU learners only).
+    "mixed_precision": False,
     # Learner and replay.
     "target_update_interval": 200,
     "lr_warmup_steps": 1000,
@@ -131,6 +141,7 @@ MODEL_KEYS = (
     "bn_mt",
     "mlp_hidden_layers",
     "state_normalization",
+    "mixed_precision",
     "augmentation",
     "num_simulations",
     "discount",
@@ -159,7 +170,7 @@ class BarlowZeroConfig(AlgorithmConfig):
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or BarlowZero)
         for key, value in TRAINING_DEFAULTS.items():
-            setattr(self, key, list(value) if isinstance(value, list) else value)
+            setattr(self, key, type(value)(value) if isinstance(value, list | dict) else value)
         # Base-class fields with BarlowZero's values (`gamma` and `train_batch_size` are aliases
         # of `discount` and `batch_size`, see below).
         self.lr = 0.01
@@ -259,6 +270,12 @@ class BarlowZeroConfig(AlgorithmConfig):
         state_normalization: bool = NotProvided,
         reanalyze_noise: bool = NotProvided,
         mlp_hidden_layers: list[int] = NotProvided,
+        num_reanalyze_workers: int = NotProvided,
+        num_cpus_per_reanalyze_worker: float = NotProvided,
+        num_gpus_per_reanalyze_worker: float = NotProvided,
+        custom_resources_per_reanalyze_worker: dict[str, float] = NotProvided,
+        reanalyze_queue_size: int = NotProvided,
+        mixed_precision: bool = NotProvided,
         target_update_interval: int = NotProvided,
         lr_warmup_steps: int = NotProvided,
         replay_capacity: int = NotProvided,
@@ -291,6 +308,16 @@ class BarlowZeroConfig(AlgorithmConfig):
             state_normalization: min-max normalise hidden states per sample (MuZero); off by
                 default, as EfficientZero's Atari model.
             reanalyze_noise: reanalyze searches with root Dirichlet noise (EfficientZero: on).
+            num_reanalyze_workers: Ray actors making training batches, each with a target-model
+                copy (0: one thread in the driver). A seed gives the same run whatever the
+                number (with the same `reanalyze_queue_size`).
+            num_cpus_per_reanalyze_worker, num_gpus_per_reanalyze_worker,
+                custom_resources_per_reanalyze_worker: each worker's Ray resources (fractions
+                allowed; a GPU share runs its target model on the GPU).
+            reanalyze_queue_size: batches in flight ahead of the learner (at least the number of
+                workers; 1 overlaps reanalyze of batch i+1 with update i).
+            mixed_precision: bf16 autocast of the learner's forward pass (GPU learners only;
+                losses in float32).
             max_moves: agent steps per game before it is cut (training and evaluation); the
                 one route to the cap of an env given by its gymnasium id.
             gamma, train_batch_size (RLlib's names): aliases of `discount` and `batch_size`.
@@ -400,7 +427,28 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
     ):
         if getattr(config, key) not in known:
             fail(key, f"one of {list(known)}")
-    for key in ("state_normalization", "reanalyze_noise"):
+    if not _is_int(config.num_reanalyze_workers) or config.num_reanalyze_workers < 0:
+        fail("num_reanalyze_workers", "an integer >= 0 (0: reanalyze on a driver thread)")
+    if not _is_int(config.reanalyze_queue_size) or config.reanalyze_queue_size < max(
+        1, config.num_reanalyze_workers
+    ):
+        fail("reanalyze_queue_size",
+             f"an integer >= max(1, num_reanalyze_workers={config.num_reanalyze_workers}), "
+             "or some workers would never get a batch")
+    for key in ("num_cpus_per_reanalyze_worker", "num_gpus_per_reanalyze_worker"):
+        if not _is_real(getattr(config, key)) or getattr(config, key) < 0:
+            fail(key, "a number >= 0")
+    if config.num_cpus_per_reanalyze_worker + config.num_gpus_per_reanalyze_worker <= 0:
+        fail("num_cpus_per_reanalyze_worker", "> 0 when num_gpus_per_reanalyze_worker is 0")
+    resources = config.custom_resources_per_reanalyze_worker
+    if not isinstance(resources, dict) or not all(
+        isinstance(k, str) and _is_real(v) and v >= 0 for k, v in resources.items()
+    ):
+        fail("custom_resources_per_reanalyze_worker", "a dict of resource name -> amount >= 0")
+    if config.mixed_precision and config.num_gpus_per_learner == 0:
+        fail("mixed_precision", "False unless the learner has a GPU (num_gpus_per_learner > 0); "
+             "bf16 autocast is a GPU setting")
+    for key in ("state_normalization", "reanalyze_noise", "mixed_precision"):
         if not isinstance(getattr(config, key), bool):
             fail(key, "True or False")
     if not isinstance(config.augmentation, list | tuple) or any(
@@ -430,6 +478,10 @@ def _refuse_ignored_settings(config: BarlowZeroConfig) -> None:
             "BarlowZeroConfig: `max_moves` in `env_config` is not read; set it with "
             f".training(max_moves=...) (now {config.max_moves}), its one route to the env."
         )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_real(value: Any) -> bool:
@@ -487,7 +539,8 @@ class BarlowZero(Algorithm):
         # snapshot taken at the previous one, so targets are 1-2 intervals old.
         self._next_target_weights = self._online_weights()
         self.reanalyzer.set_weights(self._next_target_weights)
-        self._reanalyze_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reanalyze")
+        _check_reanalyze_resources(cfg)
+        self.reanalyze_queue = ReanalyzeQueue(self.reanalyzer, cfg, self._next_target_weights)
         self._training_steps_done = 0
         self._updates_owed = 0.0
         self._weights_step = 0  # the gradient step of the weights the env runners play with
@@ -561,61 +614,78 @@ class BarlowZero(Algorithm):
         self.metrics.log_value("training_steps_done", self._training_steps_done, window=1)
 
     def _train(self, num_updates: int) -> None:
-        """Runs `num_updates` gradient steps; the reanalyze of batch i+1 overlaps update i.
+        """Runs `num_updates` gradient steps while reanalyze makes the next batches.
 
         Windows are sampled on this thread, so priorities and the buffer's rng are used in a fixed
-        order; reanalyze runs on one worker thread, whose queue also carries the target-model
-        refreshes, so a seed gives the same run every time.
+        order; up to `reanalyze_queue_size` batches are in the making (on a driver thread or on
+        `num_reanalyze_workers` Ray actors) and come back in order, each made with the target
+        model of its submission, so a seed gives the same run every time and for any number of
+        workers.
         """
         cfg = self.config
+        queue = self.reanalyze_queue
+        first, end = self._training_steps_done, self._training_steps_done + num_updates
+        submitted = first
 
-        def submit(update_index: int) -> tuple[Any, Future]:
-            beta = annealed_beta(cfg.priority_prob_beta, update_index, cfg.training_steps)
-            windows = self.replay_buffer.sample(cfg.batch_size, beta=beta)
-            return windows, self._reanalyze_pool.submit(
-                _timed, self.reanalyzer.make_batch, windows, update_index, update_index
-            )
+        def fill_queue() -> None:
+            nonlocal submitted
+            while len(queue) < cfg.reanalyze_queue_size and submitted < end:
+                beta = annealed_beta(cfg.priority_prob_beta, submitted, cfg.training_steps)
+                windows = self.replay_buffer.sample(cfg.batch_size, beta=beta)
+                queue.submit(windows, training_step=submitted, batch_index=submitted)
+                submitted += 1
 
         wait_s = update_s = reanalyze_s = 0.0
+        depth = 0
+        restarts_before = queue.restarts
         begin = time.perf_counter()
-        next_job = submit(self._training_steps_done)
-        for i in range(num_updates):
-            windows, future = next_job
-            start = time.perf_counter()
-            batch, seconds = future.result()
-            wait_s += time.perf_counter() - start
-            reanalyze_s += seconds
-            if i + 1 < num_updates:
-                next_job = submit(self._training_steps_done + 1)
-            start = time.perf_counter()
-            results = self.learner_group.update(
-                batch=MultiAgentBatch(
-                    {DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=cfg.batch_size
-                ),
-                timesteps={
-                    NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
-                        (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
-                    )
-                },
-            )
-            update_s += time.perf_counter() - start
-            priorities = np.concatenate(
-                [np.asarray(r[DEFAULT_MODULE_ID].pop(NEW_PRIORITIES).peek()).reshape(-1)
-                 for r in results]
-            )
-            self.replay_buffer.update_priorities(windows.indices, priorities)
-            self.metrics.aggregate(results, key=LEARNER_RESULTS)
-            self.metrics.log_value("td_steps_mean", float(batch["td_steps"].mean()), window=1)
-            self._training_steps_done += 1
-            if self._training_steps_done % cfg.target_update_interval == 0:
-                self._reanalyze_pool.submit(self.reanalyzer.set_weights, self._next_target_weights)
-                self._next_target_weights = self._online_weights()
+        try:
+            fill_queue()
+            for _ in range(num_updates):
+                depth += len(queue)
+                start = time.perf_counter()
+                windows, batch, seconds = queue.next_batch()
+                wait_s += time.perf_counter() - start
+                reanalyze_s += seconds
+                fill_queue()
+                start = time.perf_counter()
+                results = self.learner_group.update(
+                    batch=MultiAgentBatch(
+                        {DEFAULT_MODULE_ID: SampleBatch(batch)}, env_steps=cfg.batch_size
+                    ),
+                    timesteps={
+                        NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                            (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
+                        )
+                    },
+                )
+                update_s += time.perf_counter() - start
+                priorities = np.concatenate(
+                    [np.asarray(r[DEFAULT_MODULE_ID].pop(NEW_PRIORITIES).peek()).reshape(-1)
+                     for r in results]
+                )
+                self.replay_buffer.update_priorities(windows.indices, priorities)
+                self.metrics.aggregate(results, key=LEARNER_RESULTS)
+                self.metrics.log_value("td_steps_mean", float(batch["td_steps"].mean()), window=1)
+                self._training_steps_done += 1
+                if self._training_steps_done % cfg.target_update_interval == 0:
+                    queue.set_target_weights(self._next_target_weights)
+                    self._next_target_weights = self._online_weights()
+        finally:
+            queue.clear()
 
+        elapsed = time.perf_counter() - begin
         self.metrics.log_value((TIMERS, "learner_update_s"), update_s / num_updates, window=1)
         self.metrics.log_value((TIMERS, "reanalyze_batch_s"), reanalyze_s / num_updates, window=1)
         self.metrics.log_value((TIMERS, "learner_wait_s"), wait_s / num_updates, window=1)
         self.metrics.log_value("learner_idle_share", wait_s / (wait_s + update_s), window=1)
-        self.metrics.log_value("learner_steps_per_s", num_updates / (time.perf_counter() - begin),
+        self.metrics.log_value("learner_steps_per_s", num_updates / elapsed, window=1)
+        self.metrics.log_value(("reanalyze", "batches_per_s"), num_updates / elapsed, window=1)
+        self.metrics.log_value(("reanalyze", "queue_depth_mean"), depth / num_updates, window=1)
+        self.metrics.log_value(("reanalyze", "num_workers"), queue.num_workers, window=1)
+        self.metrics.log_value(("reanalyze", "worker_restarts"), queue.restarts - restarts_before,
+                               reduce="sum")
+        self.metrics.log_value(("reanalyze", "worker_restarts_lifetime"), queue.restarts,
                                window=1)
 
     def _log_search_statistics(self, episodes: list[Any]) -> None:
@@ -632,23 +702,29 @@ class BarlowZero(Algorithm):
 
     @override(Algorithm)
     def cleanup(self) -> None:
-        self._reanalyze_pool.shutdown(wait=True, cancel_futures=True)
+        self.reanalyze_queue.shutdown()
         super().cleanup()
 
-    def _wait_for_reanalyze_thread(self) -> None:
-        """Lets queued target refreshes finish, so that the target model is not half loaded."""
-        self._reanalyze_pool.submit(lambda: None).result()
+    @classmethod
+    @override(Algorithm)
+    def default_resource_request(
+        cls, config: AlgorithmConfig | dict[str, Any]
+    ) -> PlacementGroupFactory:
+        """RLlib's bundles (driver, env runners, learners) plus one per reanalyze worker."""
+        factory = super().default_resource_request(config)
+        config = cls.get_default_config().update_from_dict(config)
+        worker = reanalyze_worker_resources(config)
+        return PlacementGroupFactory(
+            bundles=factory.bundles + [worker] * config.num_reanalyze_workers,
+            strategy=factory.strategy,
+        )
 
     @override(Algorithm)
     def get_state(self, *args, **kwargs) -> dict[str, Any]:
-        self._wait_for_reanalyze_thread()
         state = super().get_state(*args, **kwargs)
         state["barlowzero"] = {
             "replay_buffer": self.replay_buffer.get_state(),
-            "target_model": {
-                k: v.detach().cpu().numpy().copy()
-                for k, v in self.reanalyzer.target_network.state_dict().items()
-            },
+            "target_model": self.reanalyze_queue.target_weights,
             "next_target_model": self._next_target_weights,
             "seed": self.reanalyzer.seed,
             "training_steps_done": self._training_steps_done,
@@ -659,13 +735,14 @@ class BarlowZero(Algorithm):
 
     @override(Algorithm)
     def set_state(self, state: dict[str, Any]) -> None:
-        self._wait_for_reanalyze_thread()
         super().set_state(state)
         own = state.get("barlowzero")
         if own is None:
             return
         self.replay_buffer.set_state(own["replay_buffer"])
-        self.reanalyzer.set_weights(own["target_model"])
+        target = {k: _to_numpy(v) for k, v in own["target_model"].items()}
+        self.reanalyzer.set_weights(target)
+        self.reanalyze_queue.set_target_weights(target)
         # Checkpoints from before the lagged target and the per-batch streams lack these two:
         # the target then lags from here on, and the batches draw from the configured seed.
         self._next_target_weights = own.get("next_target_model", own["target_model"])
@@ -675,9 +752,27 @@ class BarlowZero(Algorithm):
         self._weights_step = own["weights_step"]
 
 
-def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    return fn(*args), time.perf_counter() - start
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _check_reanalyze_resources(config: BarlowZeroConfig) -> None:
+    """Refuses reanalyze workers the Ray cluster can never place (they would wait forever)."""
+    if config.num_reanalyze_workers == 0:
+        return
+    total = ray.cluster_resources()
+    for name, amount in reanalyze_worker_resources(config).items():
+        if total.get(name, 0) < amount:
+            key = {"CPU": "num_cpus_per_reanalyze_worker",
+                   "GPU": "num_gpus_per_reanalyze_worker"}.get(
+                       name, "custom_resources_per_reanalyze_worker")
+            raise ValueError(
+                f"BarlowZero: each of the {config.num_reanalyze_workers} reanalyze workers needs "
+                f"{amount} {name}, and the Ray cluster has {total.get(name, 0)} in all; lower "
+                f"`{key}` or add nodes that have it."
+            )
 
 
 def add_episode_chunk(buffer: GameSegmentReplayBuffer, episode: Any, collected_at: int) -> int:

@@ -252,13 +252,15 @@ def test_target_model_lags_one_refresh_and_beta_anneals():
     try:
         while algo._training_steps_done < 13:
             algo.train()
-        algo._reanalyze_pool.submit(lambda: None).result()  # queued refreshes are done
         last_refresh = algo._training_steps_done // 4 * 4
-        target = algo.reanalyzer.target_network.state_dict()
+        # The next batch would be made with this target; a checkpoint stores it.
+        target = algo.reanalyze_queue.target_weights
+        assert algo.get_state()["barlowzero"]["target_model"] is target
         lagged, newest = snapshots[last_refresh - 4], snapshots[last_refresh]
         for key, value in lagged.items():
-            np.testing.assert_array_equal(target[key].numpy(), np.asarray(value), err_msg=key)
-        assert any(not np.array_equal(np.asarray(newest[k]), target[k].numpy()) for k in newest)
+            np.testing.assert_array_equal(np.asarray(target[key]), np.asarray(value), err_msg=key)
+        assert any(not np.array_equal(np.asarray(newest[k]), np.asarray(target[k]))
+                   for k in newest)
         # One sample per update, update i with beta = 0.4 + 0.6 * i / training_steps.
         expected = [0.4 + 0.6 * i / 1000 for i in range(len(betas))]
         np.testing.assert_allclose(betas, expected)

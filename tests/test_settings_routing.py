@@ -43,7 +43,12 @@ NON_DEFAULT = dict(
     support_size=9, state_normalization=True, reanalyze_noise=False, mlp_hidden_layers=[30],
     target_update_interval=3, lr_warmup_steps=7, replay_capacity=5000, replay_ratio=0.15,
     num_steps_sampled_before_learning_starts=90, total_env_steps=99_000,
+    num_reanalyze_workers=1, num_cpus_per_reanalyze_worker=0.5,
+    custom_resources_per_reanalyze_worker={"reanalyze_slot": 1}, reanalyze_queue_size=2,
+    # These two need a GPU; on this CPU they keep their defaults (still read: see below).
+    num_gpus_per_reanalyze_worker=0, mixed_precision=False,
 )
+NEEDS_A_GPU = {"num_gpus_per_reanalyze_worker", "mixed_precision"}
 
 # Keys read once, at setup, to build the replay buffer and the env: checked on what was built.
 SETUP_KEYS = {
@@ -105,8 +110,10 @@ def assert_delivered(reads: dict[str, Any], who: str) -> set[str]:
 def algo():
     assert set(NON_DEFAULT) == set(TRAINING_DEFAULTS)
     for key, value in NON_DEFAULT.items():
-        assert value != TRAINING_DEFAULTS[key] or key in ("optimizer", "consistency_loss"), key
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        assert value != TRAINING_DEFAULTS[key] or key in {"optimizer", "consistency_loss",
+                                                          *NEEDS_A_GPU}, key
+    ray.init(num_cpus=2, resources={"reanalyze_slot": 1}, include_dashboard=False,
+             log_to_driver=False)
     config = (
         BarlowZeroConfig()
         .environment("CartPole-v1")
@@ -186,6 +193,13 @@ def test_every_setting_reaches_its_reader_with_the_configs_value(algo):
         env = getattr(env, "env", None)
     assert 123 in caps
     read |= set(SETUP_KEYS) | {"max_moves"}
+
+    # Setup: the reanalyze workers and their resources (the actor reads the GPU share).
+    queue = algo.reanalyze_queue
+    assert queue.num_workers == len(queue.worker_node_ids()) == 1
+    assert queue.worker_resources == {"CPU": 0.5, "reanalyze_slot": 1}
+    read |= {"num_reanalyze_workers", "num_cpus_per_reanalyze_worker",
+             "num_gpus_per_reanalyze_worker", "custom_resources_per_reanalyze_worker"}
 
     missing = set(TRAINING_DEFAULTS) - read
     assert not missing, f"accepted but read by nobody: {sorted(missing)}"

@@ -153,6 +153,15 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
     # -- learning ------------------------------------------------------------------------------
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """The unroll (see `_unroll`), under bf16 autocast with `mixed_precision` on a GPU; its
+        outputs are float32 either way, so the losses are computed in float32."""
+        if self.model_config["mixed_precision"] and batch[Columns.OBS].device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = self._unroll(batch)
+            return {key: value.float() for key, value in out.items()}
+        return self._unroll(batch)
+
+    def _unroll(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Unrolls the model K steps from the observations at t.
 
         Batch (B samples, K unroll steps):
