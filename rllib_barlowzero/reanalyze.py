@@ -71,7 +71,10 @@ class Reanalyzer:
         self.target_network.load_state_dict(state, strict=False)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":  # a pinned host copy, so the transfer is a DMA
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     @torch.no_grad()
     def _values(self, obs: np.ndarray) -> np.ndarray:

@@ -127,6 +127,28 @@ def test_checkpoint_restores_buffer_counters_and_continues(trained, tmp_path):
         restored.stop()
 
 
+def test_state_holds_no_tensors_so_it_loads_on_any_device(trained):
+    # A checkpoint written by a GPU run must load on a CPU-only machine and the reverse: nothing
+    # in the algorithm's state may be a torch tensor (which would remember its device).
+    algo, _ = trained
+    tensors = []
+
+    def walk(value, path):
+        if isinstance(value, torch.Tensor):
+            tensors.append(path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}/{key}")
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(item, f"{path}/{i}")
+
+    state = algo.get_state()
+    walk(state, "")
+    assert not tensors, tensors[:5]
+    assert state["barlowzero"]["target_model"]  # the target model is in it, as numpy
+
+
 def test_learning_rate_schedules():
     from rllib_barlowzero.torch.barlowzero_torch_learner import learning_rate
 
