@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rllib_barlowzero.env.frame_stacking import stack_frames
 from rllib_barlowzero.replay_buffer import SampledWindows
 from rllib_barlowzero.streams import REANALYZE_STREAM
 from rllib_barlowzero.targets import (
@@ -27,21 +28,6 @@ from rllib_barlowzero.targets import (
     off_policy_td_steps,
 )
 from rllib_barlowzero.torch.search import mcts_config_from, search
-
-
-def gather_stacks(frames: np.ndarray, positions: np.ndarray, n_stack: int) -> np.ndarray:
-    """Stacked observations at window positions.
-
-    Args:
-        frames: [B, W, *frame_shape] raw frames of each sample's window.
-        positions: int [B, P]; position j stacks frames[j : j + n_stack] (oldest first).
-    Returns:
-        [B, P, n_stack * frame_shape[0], *frame_shape[1:]].
-    """
-    batch_size, num_positions = positions.shape
-    index = positions[:, :, None] + np.arange(n_stack)  # [B, P, n]
-    stacks = frames[np.arange(batch_size)[:, None, None], index]  # [B, P, n, *frame]
-    return stacks.reshape(batch_size, num_positions, -1, *frames.shape[3:])
 
 
 class Reanalyzer:
@@ -104,7 +90,8 @@ class Reanalyzer:
         )
         # Values of the observations at t+k+n (capped at a truncated end), from the target model.
         positions = bootstrap_positions(windows, n, num_unroll)  # [B, K+1] indices into frames
-        bootstrap_obs = gather_stacks(windows.frames, positions, n_stack)
+        bootstrap_obs = stack_frames(windows.frames, positions + n_stack - 1, n_stack,
+                                     per_row=True)  # [B, K+1, *obs]
         bootstrap_values = self._values(
             bootstrap_obs.reshape(-1, *bootstrap_obs.shape[2:])
         ).reshape(batch_size, num_unroll + 1)
@@ -113,7 +100,8 @@ class Reanalyzer:
         )
 
         unroll_positions = np.broadcast_to(np.arange(num_unroll + 1), (batch_size, num_unroll + 1))
-        obs_steps = gather_stacks(windows.frames, unroll_positions, n_stack)  # [B, K+1, *obs]
+        obs_steps = stack_frames(windows.frames, unroll_positions + n_stack - 1, n_stack,
+                                 per_row=True)  # [B, K+1, *obs]
         policy = targets.policy.copy()
         rng = np.random.default_rng([self.seed, REANALYZE_STREAM, int(batch_index)])
         revisit = rng.random(batch_size) < cfg.revisit_policy_search_rate

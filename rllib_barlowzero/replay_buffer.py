@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GameSegmentReplayBuffer", "SampledWindows", "annealed_beta", "stack_window"]
+__all__ = ["GameSegmentReplayBuffer", "SampledWindows", "annealed_beta"]
 
 # 2: no "max_priority" (new steps get the max of the live priorities). Version 1 states load.
 _STATE_VERSION = 2
@@ -63,7 +63,8 @@ class SampledWindows:
     Attributes:
         frames: [B, n - 1 + K + td + 1, *frame_shape] raw frames o_{t-n+1} .. o_{t+K+td}, oldest
             first. Before the episode start they repeat o_0; beyond o_T they repeat o_T.
-            The stacked observation of step t+j is ``stack_window(frames, j, n)``
+            The stacked observation of step t+j is
+            ``stack_frames(frames, j + n - 1, n, per_row=True)``
             (j = 0 .. K + td), i.e. ``frames[:, j : j + n]`` concatenated along axis 0 of a frame.
         actions: int64 [B, K + td], a_t .. a_{t+K+td-1}; beyond the episode end uniform random
             valid actions drawn from the sampler's rng.
@@ -140,42 +141,6 @@ def annealed_beta(beta0: float, step: int, training_steps: int) -> float:
         raise ValueError(f"training_steps must be an integer >= 1, got {training_steps!r}")
     beta = beta0 + (1.0 - beta0) * float(step) / float(training_steps)
     return float(min(1.0, max(float(beta0), beta)))
-
-
-def stack_window(frames: np.ndarray, j: int | np.ndarray, n: int) -> np.ndarray:
-    """Stacked observations of window position ``j`` (step t+j of each sample).
-
-    Args:
-        frames: [B, W, *frame_shape] window frames (``SampledWindows.frames``).
-        j: window position, an int or an int array [B] (one position per sample);
-            0 <= j <= W - n.
-        n: number of stacked frames.
-
-    Returns:
-        ``frames[b, j : j + n]`` concatenated along the frame's first axis, oldest first:
-        [B, n * C, H, W] for image frames [C, H, W], [B, n * D] for vectors [D], [B, n] for
-        scalar frames.
-    """
-    frames = np.asarray(frames)
-    batch, width = frames.shape[:2]
-    j_arr = np.asarray(j, dtype=np.int64)
-    if j_arr.ndim == 0:
-        if not 0 <= int(j_arr) <= width - n:
-            raise ValueError(
-                f"j must be in [0, {width - n}] for a window of {width} frames, got {j}"
-            )
-        stacked = frames[:, int(j_arr) : int(j_arr) + n]
-    else:
-        if j_arr.shape != (batch,):
-            raise ValueError(
-                f"j: expected an int or an int array of shape [{batch}], got {j_arr.shape}"
-            )
-        if j_arr.size and (j_arr.min() < 0 or j_arr.max() > width - n):
-            raise ValueError(f"j must be in [0, {width - n}] for a window of {width} frames")
-        stacked = frames[np.arange(batch)[:, None], j_arr[:, None] + np.arange(n)]
-    if frames.ndim == 2:
-        return np.ascontiguousarray(stacked)
-    return stacked.reshape(batch, n * frames.shape[2], *frames.shape[3:])
 
 
 class _Segment:

@@ -4,8 +4,8 @@ Notation: B samples, each at step t of its episode; K = num_unroll_steps; td = t
 (per-sample, off-policy corrected) n-step horizon, 1 <= n <= td; T the index of the episode's
 final frame; ``steps_left`` = T - t when the end lies inside the window, else a number larger
 than the window (``SampledWindows.steps_left``). Window position j means step t + j: its stacked
-observation is ``stack_window(windows.frames, j, n_stack)`` and its stored search value is
-``windows.root_values[:, j]``.
+observation is ``stack_frames(windows.frames, j + n_stack - 1, n_stack, per_row=True)`` and its
+stored search value is ``windows.root_values[:, j]``.
 
 The algorithm calls::
 
@@ -133,8 +133,8 @@ def bootstrap_positions(
 
     Returns:
         int64 [B, K+1]; position j means step t + j: stacked observation
-        ``stack_window(windows.frames, j, n_stack)``, stored search value
-        ``windows.root_values[:, j]``.
+        ``stack_frames(windows.frames, j + n_stack - 1, n_stack, per_row=True)``, stored search
+        value ``windows.root_values[:, j]``.
     """
     steps_left = _steps_left(windows)
     n_arr = _as_horizon(n, steps_left.shape[0])

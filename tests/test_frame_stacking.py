@@ -289,3 +289,25 @@ def test_connector_in_env_runner_atari():
     assert EMITTED[next(iter(EMITTED))][-1][0] >= 1  # crossed a (max_moves) episode boundary
     _check_module_inputs(runner, n, 1)
     runner.stop()
+
+
+def test_per_row_stacks_each_rows_own_sequence():
+    # Row b, index t: the frames t-n+1..t of row b's own sequence (repeating its first frame).
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 255, size=(3, 7, 2, 4, 4), dtype=np.uint8)  # [B, T, C, H, W]
+    t = np.array([[0, 3], [6, 1], [2, 2]])  # [B, 2]
+    out = stack_frames(frames, t, 3, per_row=True)
+    assert out.shape == (3, 2, 6, 4, 4)
+    for b in range(3):
+        for p in range(2):
+            want = np.concatenate([frames[b, max(t[b, p] + m, 0)] for m in (-2, -1, 0)])
+            np.testing.assert_array_equal(out[b, p], want)
+            np.testing.assert_array_equal(out[b, p], stack_frames(frames[b], t[b, p], 3))
+    same_index = stack_frames(frames, 4, 2, per_row=True)  # an int: the same t in every row
+    assert same_index.shape == (3, 4, 4, 4)
+    for b in range(3):
+        np.testing.assert_array_equal(same_index[b], np.concatenate(frames[b, 3:5]))
+    with pytest.raises(ValueError, match="expected an int or an array"):
+        stack_frames(frames, np.zeros(2, dtype=int), 2, per_row=True)
+    with pytest.raises(IndexError):
+        stack_frames(frames, 7, 2, per_row=True)

@@ -8,7 +8,7 @@ import torch
 
 from cython_mcts import MCTSConfig, run_mcts
 from rllib_barlowzero import BarlowZeroConfig
-from rllib_barlowzero.reanalyze import Reanalyzer, gather_stacks
+from rllib_barlowzero.reanalyze import Reanalyzer
 from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer
 from rllib_barlowzero.streams import REANALYZE_STREAM
 from rllib_barlowzero.targets import off_policy_td_steps
@@ -103,8 +103,9 @@ def test_reanalyzed_policy_equals_a_direct_search_with_the_target_model(reanalyz
         noise = rng.dirichlet(np.full(NUM_ACTIONS, config.dirichlet_alpha), size=len(b_idx))
         noise = noise.astype(np.float32)
     seed = int(rng.integers(2**63))
-    every_step = np.tile(np.arange(config.num_unroll_steps + 1), (8, 1))
-    obs = torch.from_numpy(gather_stacks(windows.frames, every_step, 2)[b_idx, k_idx])
+    # Step t+k stacks window frames k and k+1 (written out by hand).
+    obs = torch.from_numpy(np.stack([np.concatenate(windows.frames[b, k:k + 2])
+                                     for b, k in zip(b_idx, k_idx, strict=True)]))
     visits = direct_search(target, obs, reanalyzer.mcts_config, noise, seed).astype(np.float32)
     expected = visits / visits.sum(1, keepdims=True)
     np.testing.assert_allclose(batch["target_policy"][b_idx, k_idx], expected, atol=1e-6)
@@ -160,8 +161,7 @@ def test_value_targets_bootstrap_from_the_target_model():
             value = float(np.sum(rewards * gamma ** np.arange(len(rewards))))
             if not (terminated and horizon >= steps_left):  # no bootstrap past a terminal
                 j = min(horizon, steps_left)
-                obs = torch.from_numpy(gather_stacks(windows.frames[b:b + 1],
-                                                     np.array([[j]]), 2)[:, 0])
+                obs = torch.from_numpy(np.concatenate(windows.frames[b, j:j + 2])[None])
                 with torch.no_grad():
                     bootstrap = float(target.initial_inference(obs).value[0])
                 value += gamma ** (j - k) * bootstrap

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from rllib_barlowzero.env.frame_stacking import stack_frames
 from rllib_barlowzero.replay_buffer import (
     GameSegmentReplayBuffer,
     SampledWindows,
     annealed_beta,
-    stack_window,
 )
 
 NUM_ACTIONS = 3
@@ -181,7 +181,12 @@ def test_sample_matches_plain_episode_arrays(frame_shape):
         assert len(set(windows.indices.tolist())) == num
 
 
-def test_stack_window_repeats_first_frame_and_matches_reference():
+def window_stack(frames: np.ndarray, j, n: int) -> np.ndarray:
+    """The stacked observation of window position j (step t+j of each sample)."""
+    return stack_frames(frames, np.asarray(j) + n - 1, n, per_row=True)
+
+
+def test_window_stacks_repeat_first_frame_and_match_reference():
     rng = np.random.default_rng(1)
     n, K, td = 4, 2, 3
     ep = make_episode(rng, 0, 9, (2, 3, 3), terminated=True, truncated=False)
@@ -195,14 +200,14 @@ def test_stack_window_repeats_first_frame_and_matches_reference():
         for j in range(K + td + 1):
             want = np.concatenate([ep.obs[min(max(t + j + m, 0), ep.length)]
                                    for m in range(-n + 1, 1)], axis=0)
-            np.testing.assert_array_equal(stack_window(windows.frames, j, n)[b], want)
-    stacked = stack_window(windows.frames, 0, n)
+            np.testing.assert_array_equal(window_stack(windows.frames, j, n)[b], want)
+    stacked = window_stack(windows.frames, 0, n)
     assert stacked.shape == (9, n * 2, 3, 3)
-    per_sample = stack_window(windows.frames, np.arange(9) % 3, n)
-    np.testing.assert_array_equal(per_sample[1], stack_window(windows.frames, 1, n)[1])
+    per_sample = window_stack(windows.frames, np.arange(9) % 3, n)
+    np.testing.assert_array_equal(per_sample[1], window_stack(windows.frames, 1, n)[1])
     vec = np.arange(2 * 6 * 3).reshape(2, 6, 3)
-    assert stack_window(vec, 2, 4).shape == (2, 12)
-    np.testing.assert_array_equal(stack_window(vec, 2, 4)[0], vec[0, 2:6].reshape(-1))
+    assert window_stack(vec, 2, 4).shape == (2, 12)
+    np.testing.assert_array_equal(window_stack(vec, 2, 4)[0], vec[0, 2:6].reshape(-1))
 
 
 def test_commit_rule_for_episode_in_progress():

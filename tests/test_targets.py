@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer, SampledWindows, stack_window
+from rllib_barlowzero.env.frame_stacking import stack_frames
+from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer, SampledWindows
 from rllib_barlowzero.targets import (
     UnrollTargets,
     bootstrap_positions,
@@ -114,7 +115,8 @@ def _six_step_buffer(terminated: bool, history_length: int = 3) -> GameSegmentRe
 def _model_values(windows: SampledWindows, positions: np.ndarray) -> np.ndarray:
     out = np.empty(positions.shape, np.float32)
     for k in range(positions.shape[1]):
-        stacked = stack_window(windows.frames, positions[:, k], N_STACK)  # [B, 2 * 2]
+        stacked = stack_frames(windows.frames, positions[:, k] + N_STACK - 1, N_STACK,
+                               per_row=True)  # [B, 2 * 2]
         out[:, k] = 100 + stacked[:, -2]  # newest frame's step
     return out
 
@@ -222,7 +224,8 @@ def test_targets_equal_one_array_reference_for_every_step(terminated):
     positions = bootstrap_positions(windows, n, K)
     boot = np.empty(positions.shape, np.float32)
     for k in range(K + 1):
-        boot[:, k] = 100 + stack_window(windows.frames, positions[:, k], n_stack)[:, -2]
+        boot[:, k] = 100 + stack_frames(windows.frames, positions[:, k] + n_stack - 1, n_stack,
+                                  per_row=True)[:, -2]
     targets = make_unroll_targets(windows, boot, n, 0.9, K, L)
     assert len(set(windows.steps.tolist())) == T
     for b, t in enumerate(windows.steps.tolist()):

@@ -1,7 +1,8 @@
 """Frame stacking: the single definition of BarlowZero's stacked observation.
 
-``stack_frames`` is used both by the env runners (through ``FrameStackingEnvToModule``) and
-by the replay/batch builder, so both sides see exactly the same network input:
+``stack_frames`` is used by the env runners (through ``FrameStackingEnvToModule``), by
+reanalyze and the targets on replay windows (``per_row=True``), and by evaluation videos and the
+client, so every side sees exactly the same network input:
 
     stacked(t) = concat(o_{t-n+1}, ..., o_t) along axis 0 (oldest first),
     with o_k := o_0 for k < 0 (EfficientZero repeats the episode's first frame).
@@ -24,37 +25,54 @@ from ray.rllib.utils.typing import EpisodeType
 __all__ = ["FrameStackingEnvToModule", "stack_frames", "stacked_observation_space"]
 
 
-def stack_frames(frames: np.ndarray, t: int | np.ndarray, n: int) -> np.ndarray:
-    """Stack the ``n`` frames ending at index ``t`` of one episode.
+def stack_frames(
+    frames: np.ndarray, t: int | np.ndarray, n: int, *, per_row: bool = False
+) -> np.ndarray:
+    """Stack the ``n`` frames ending at index ``t`` of one episode (or of each row).
 
     Args:
         frames: [T, *F] the episode's single observations o_0..o_{T-1} (F = [C, H, W] or [D]
-            or []).
-        t: index (or integer array of indices, any shape S) into ``frames``, 0 <= t < T.
+            or []); with ``per_row``, [B, T, *F]: one frame sequence per row (e.g. the replay
+            windows of a batch, ``SampledWindows.frames``).
+        t: index (or integer array of indices, any shape S) into ``frames``, 0 <= t < T; with
+            ``per_row``, an int (the same index in every row) or an array [B, *S] (row b's
+            indices into its own sequence).
         n: number of frames to stack (>= 1).
 
     Returns:
         [n*F0, *F[1:]] for an int ``t`` ([*S, n*F0, *F[1:]] for an array ``t``); for scalar
-        frames ([T]) it is [n] ([*S, n]). Frames before the episode start repeat o_0.
+        frames ([T]) it is [n] ([*S, n]). With ``per_row``: [B, *S, n*F0, *F[1:]]. Frames
+        before the sequence start repeat its first frame.
     """
     if n < 1:
         raise ValueError(f"n (number of frames) must be >= 1, got {n}")
     frames = np.asarray(frames)
-    if frames.ndim < 1 or frames.shape[0] < 1:
-        raise ValueError(f"frames must be [T, ...] with T >= 1, got shape {frames.shape}")
+    time_axis = 1 if per_row else 0
+    if frames.ndim <= time_axis or frames.shape[time_axis] < 1:
+        expected = "[B, T, ...]" if per_row else "[T, ...]"
+        raise ValueError(f"frames must be {expected} with T >= 1, got shape {frames.shape}")
     t_arr = np.asarray(t)
     if not np.issubdtype(t_arr.dtype, np.integer):
         raise TypeError(f"t must be an integer or integer array, got dtype {t_arr.dtype}")
-    if t_arr.size and (t_arr.min() < 0 or t_arr.max() >= frames.shape[0]):
-        raise IndexError(
-            f"t out of range [0, {frames.shape[0] - 1}]: min {t_arr.min()}, max {t_arr.max()}"
-        )
-    idx = np.maximum(t_arr[..., None] + np.arange(1 - n, 1), 0)  # [*S, n]
-    out = frames[idx]  # [*S, n, *F]
+    length = frames.shape[time_axis]
+    if t_arr.size and (t_arr.min() < 0 or t_arr.max() >= length):
+        raise IndexError(f"t out of range [0, {length - 1}]: min {t_arr.min()}, max {t_arr.max()}")
+    if per_row:
+        rows = frames.shape[0]
+        if t_arr.ndim == 0:
+            t_arr = np.full(rows, int(t_arr))
+        if t_arr.shape[0] != rows:
+            raise ValueError(f"t: expected an int or an array [{rows}, ...], got {t_arr.shape}")
+    idx = np.maximum(t_arr[..., None] + np.arange(1 - n, 1), 0)  # [*S, n] ([B, *S, n])
+    if per_row:
+        out = frames[np.arange(rows).reshape((rows,) + (1,) * (idx.ndim - 1)), idx]
+    else:
+        out = frames[idx]  # [*S, n, *F]
     lead = t_arr.shape
-    if frames.ndim == 1:
-        return out  # [*S, n]
-    return out.reshape(lead + (n * frames.shape[1],) + frames.shape[2:])
+    frame_shape = frames.shape[time_axis + 1:]
+    if not frame_shape:
+        return np.ascontiguousarray(out)  # [*S, n]
+    return out.reshape(lead + (n * frame_shape[0],) + frame_shape[1:])
 
 
 def stacked_observation_space(space: gym.Space, n: int) -> gym.spaces.Box:
