@@ -26,8 +26,8 @@ from collections.abc import Callable
 
 import torch
 
-from rllib_barlowzero.augmentations import augment
-from rllib_barlowzero.losses import (
+from rllib_barlowzero.torch.augmentations import augment
+from rllib_barlowzero.torch.losses import (
     barlow_twins_loss,
     categorical_cross_entropy,
     scalar_to_support,

@@ -38,11 +38,11 @@ from rllib_barlowzero.reanalyze_workers import ReanalyzeQueue, reanalyze_worker_
 from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer, annealed_beta
 from rllib_barlowzero.streams import run_seed
 from rllib_barlowzero.tensorboard import TensorBoardCallback
+from rllib_barlowzero.torch.augmentations import AUGMENTATIONS
 from rllib_barlowzero.torch.barlowzero_torch_learner import NEW_PRIORITIES
 from rllib_barlowzero.torch.barlowzero_torch_rl_module import MCTS_POLICY, ROOT_VALUE
+from rllib_barlowzero.torch.losses import CONSISTENCY_LOSSES
 
-CONSISTENCY_LOSSES = ("barlow", "simsiam", "none")
-AUGMENTATIONS = ("shift", "intensity")
 LR_SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adam")
 

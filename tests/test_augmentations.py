@@ -1,4 +1,4 @@
-"""Tests of rllib_barlowzero.augmentations: shift and intensity."""
+"""Tests of rllib_barlowzero.torch.augmentations: shift and intensity."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rllib_barlowzero.augmentations import AUGMENTATIONS, augment, intensity, shift
+from rllib_barlowzero.torch.augmentations import AUGMENTATIONS, augment, intensity, shift
 
 
 def _images(b: int = 12, c: int = 3, h: int = 20, w: int = 16, seed: int = 0) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rllib_barlowzero.losses import (
+from rllib_barlowzero.torch.losses import (
     barlow_twins_loss,
     categorical_cross_entropy,
     scalar_to_support,
@@ -159,8 +159,8 @@ def test_separate_supports_and_consistency_variants():
 
     simsiam = BarlowZeroNetwork(SMALL_OBS, 3, **{**SMALL, "consistency_loss": "simsiam"}).train()
     state = simsiam.representation(_uint8_obs(3))
-    assert simsiam.project(state, with_grad=True).shape == (3, 64)  # through the predictor
-    target = simsiam.project(state, with_grad=False)
+    assert simsiam.project(state, branch="online").shape == (3, 64)  # through the predictor
+    target = simsiam.project(state, branch="target")
     assert target.shape == (3, 64) and not target.requires_grad
 
     none = BarlowZeroNetwork(SMALL_OBS, 3, **{**SMALL, "consistency_loss": "none"})
@@ -261,7 +261,7 @@ def _unroll_losses(net, obs, actions, target_obs, targets, consistency):
             cons = (
                 cons
                 + simsiam_loss(
-                    net.project(state, with_grad=True), net.project(target_state, with_grad=False)
+                    net.project(state, branch="online"), net.project(target_state, branch="target")
                 ).mean()
             )
     return {

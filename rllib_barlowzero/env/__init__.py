@@ -6,7 +6,6 @@ from rllib_barlowzero.env.atari import (
     atari_env_creator,
     is_atari_env_id,
     make_atari_env,
-    register_atari_env,
 )
 from rllib_barlowzero.env.frame_stacking import (
     FrameStackingEnvToModule,
@@ -35,7 +34,6 @@ __all__ = [
     "is_minatar_env_id",
     "make_atari_env",
     "make_gym_env",
-    "register_atari_env",
     "register_minatar_envs",
     "stack_frames",
     "stacked_observation_space",

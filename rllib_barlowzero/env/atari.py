@@ -41,7 +41,6 @@ __all__ = [
     "atari_env_creator",
     "is_atari_env_id",
     "make_atari_env",
-    "register_atari_env",
 ]
 
 NOOP_ACTION = 0  # ALE: action 0 is NOOP in both the minimal and the full action set.
@@ -301,19 +300,3 @@ def atari_env_creator(env_config: Mapping[str, Any]) -> gym.Env:
     return make_atari_env(cfg.pop("env_id"), **cfg)
 
 
-def register_atari_env(env_id: str, name: str | None = None) -> str:
-    """Register ``env_id`` with Ray Tune's env registry under ``name`` (default: ``env_id``).
-
-    The registered creator fills in ``env_id`` unless ``env_config`` sets it. Returns the name.
-    """
-    from ray.tune.registry import register_env
-
-    if not is_atari_env_id(env_id):
-        raise ValueError(f"env_id {env_id!r} is not a known ALE (Atari) environment id")
-    name = name or env_id
-
-    def _creator(env_config: Mapping[str, Any]) -> gym.Env:
-        return atari_env_creator({"env_id": env_id, **dict(env_config)})
-
-    register_env(name, _creator)
-    return name

@@ -9,7 +9,7 @@ import torch
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.utils.typing import ModuleID, TensorType
 
-from rllib_barlowzero.losses import (
+from rllib_barlowzero.torch.losses import (
     barlow_twins_loss,
     categorical_cross_entropy,
     scalar_to_support,

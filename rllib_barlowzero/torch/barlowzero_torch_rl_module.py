@@ -11,7 +11,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from rllib_barlowzero.augmentations import augment
+from rllib_barlowzero.torch.augmentations import augment
 from rllib_barlowzero.torch.networks import BarlowZeroNetwork, choose_downsample
 from rllib_barlowzero.torch.search import (
     draw_search_randomness,
@@ -180,7 +180,8 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         num_unroll = actions.shape[1]
         augmented = bool(self.augmentation) and obs.dim() == 4
         if augmented:
-            obs = augment(obs.float() / 255.0, self.augmentation) * 255.0
+            # On the 0..255 scale: a crop and a per-sample factor commute with the network's /255.
+            obs = augment(obs.float(), self.augmentation)
 
         state = net.representation(obs)
         policy_logits, value_logits = net.prediction(state)
@@ -210,19 +211,18 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
                 # One shift and one intensity per sample for all K targets (EfficientZero
                 # augments a sample's whole target stack at once): channels side by side.
                 b, k, c, h, w = target_obs.shape
-                stacked = augment(target_obs.reshape(b, k * c, h, w).float() / 255.0,
-                                  self.augmentation) * 255.0
+                stacked = augment(target_obs.reshape(b, k * c, h, w).float(), self.augmentation)
                 target_obs = stacked.reshape(b, k, c, h, w)
             flat_target = target_obs.reshape(-1, *target_obs.shape[2:])
             online = torch.stack(states, dim=1)
-            online = net.project(online.reshape(-1, *online.shape[2:]), with_grad=True)
+            online = net.project(online.reshape(-1, *online.shape[2:]), branch="online")
             if cfg["consistency_loss"] == "simsiam":
                 # SimSiam (EfficientZero): the target branch carries no gradient.
                 with torch.no_grad():
-                    target = net.project(net.representation(flat_target), with_grad=False)
+                    target = net.project(net.representation(flat_target), branch="target")
             else:
                 # Barlow Twins: symmetric, both branches carry gradient (the paper's point).
-                target = net.project(net.representation(flat_target), with_grad=False)
+                target = net.project(net.representation(flat_target), branch="target")
             out["online_projection"] = online.reshape(obs.shape[0], num_unroll, -1)
             out["target_projection"] = target.reshape(obs.shape[0], num_unroll, -1)
         return out

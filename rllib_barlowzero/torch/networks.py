@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rllib_barlowzero.losses import check_consistency_loss, support_to_scalar
+from rllib_barlowzero.torch.losses import check_consistency_loss, support_to_scalar
 
 __all__ = [
     "BarlowZeroNetwork",
@@ -550,21 +550,24 @@ class BarlowZeroNetwork(nn.Module):
 
     # -- consistency branch --------------------------------------------------------------------
 
-    def project(self, state: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    def project(self, state: torch.Tensor, branch: str = "online") -> torch.Tensor:
         """Projection of hidden states [B, *latent_shape] -> [B, proj_out] (or [B, pred_out]).
 
-        "barlow": the projection, with gradient whatever `with_grad` says (both branches of Barlow
-        Twins are the same function and both carry gradient).
-        "simsiam" (EfficientZero): `with_grad=True` is the online branch, projection then
-        predictor -> [B, pred_out]; `with_grad=False` is the target branch, the projection
-        detached.
+        `branch` is "online" (states from the dynamics) or "target" (states of the true next
+        observations):
+        "barlow": the projection for both branches, both with gradient (Barlow Twins is
+            symmetric; the paper's point).
+        "simsiam" (EfficientZero): online is projection then predictor -> [B, pred_out]; target
+            is the projection, detached.
         "none": raises ValueError (no projection is built).
         """
+        if branch not in ("online", "target"):
+            raise ValueError(f'project: branch must be "online" or "target", got {branch!r}')
         if self.projection is None:
             raise ValueError(
                 'consistency_loss="none" builds no projection; project() is unavailable'
             )
         proj = self.projection(state.flatten(1))
         if self.predictor is not None:
-            return self.predictor(proj) if with_grad else proj.detach()
+            return self.predictor(proj) if branch == "online" else proj.detach()
         return proj

@@ -22,7 +22,6 @@ __all__ = [
     "barlow_twins_loss",
     "categorical_cross_entropy",
     "check_consistency_loss",
-    "consistency_loss",
     "inverse_scalar_transform",
     "scalar_to_support",
     "scalar_transform",
@@ -171,19 +170,3 @@ def check_consistency_loss(name: str) -> str:
             f"unknown consistency_loss {name!r}; known: {', '.join(map(repr, CONSISTENCY_LOSSES))}"
         )
     return name
-
-
-def consistency_loss(
-    name: str, online: torch.Tensor, target: torch.Tensor, lambd: float = 0.0051
-) -> torch.Tensor:
-    """The consistency loss `name` between [N, D] online and target embeddings, as a scalar.
-
-    "barlow": `barlow_twins_loss` (a batch statistic); "simsiam": mean of `simsiam_loss` over
-    the samples; "none": a zero (on `online`'s device, no gradient).
-    """
-    check_consistency_loss(name)
-    if name == "barlow":
-        return barlow_twins_loss(online, target, lambd=lambd)
-    if name == "simsiam":
-        return simsiam_loss(online, target).mean()
-    return torch.zeros((), dtype=online.dtype, device=online.device)
