@@ -12,7 +12,7 @@ Usage::
     out.search_policy  # float32 [B, A]
     actions = greedy_actions(out.visit_counts, rng)   # int64 [B], rng: numpy Generator
 
-Semantics (see DESIGN.md section 3.1; the pure-Python reference lives in
+Semantics (see docs/design.md section 3.1; the pure-Python reference lives in
 `tests/mcts_reference.py`):
 
 - Node `s >= 1` of every root is made by simulation `s` (the s-th call of `recurrent_fn`);

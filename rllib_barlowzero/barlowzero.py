@@ -591,7 +591,8 @@ class BarlowZero(Algorithm):
             self._log_search_statistics(episodes)
         else:
             # Collection is over (the env-step budget): keep training at the same pace.
-            new_steps = cfg.rollout_fragment_length * cfg.num_envs_per_env_runner
+            new_steps = (cfg.rollout_fragment_length * cfg.num_envs_per_env_runner
+                         * max(1, cfg.num_env_runners))
 
         if len(self.replay_buffer) >= max(cfg.num_steps_sampled_before_learning_starts,
                                           cfg.batch_size):
@@ -632,7 +633,7 @@ class BarlowZero(Algorithm):
             while len(queue) < cfg.reanalyze_queue_size and submitted < end:
                 beta = annealed_beta(cfg.priority_prob_beta, submitted, cfg.training_steps)
                 windows = self.replay_buffer.sample(cfg.batch_size, beta=beta)
-                queue.submit(windows, training_step=submitted, batch_index=submitted)
+                queue.submit(windows, learner_step=submitted, batch_index=submitted)
                 submitted += 1
 
         wait_s = update_s = reanalyze_s = 0.0

@@ -69,12 +69,12 @@ class Reanalyzer:
         return out.value.float().cpu().numpy()
 
     def make_batch(
-        self, windows: SampledWindows, training_step: int, batch_index: int
+        self, windows: SampledWindows, learner_step: int, batch_index: int
     ) -> dict[str, np.ndarray]:
         """The learner batch for `windows` (B samples, K unroll steps), as numpy arrays.
 
-        `training_step` (the learner's step count) sets the off-policy horizon; `batch_index`
-        (the update this batch is for) seeds the batch's random draws.
+        `learner_step` (the learner's gradient-step count) sets the off-policy horizon;
+        `batch_index` (the update this batch is for) seeds the batch's random draws.
 
         Returns keys: obs [B, *obs], actions [B, K], target_obs [B, K, *obs] (with a consistency
         loss), target_value / target_value_prefix [B, K+1], target_policy [B, K+1, A],
@@ -85,7 +85,7 @@ class Reanalyzer:
         batch_size = windows.frames.shape[0]
 
         n = off_policy_td_steps(
-            training_step, windows.collected_at, cfg.td_steps, cfg.auto_td_steps_ratio,
+            learner_step, windows.collected_at, cfg.td_steps, cfg.auto_td_steps_ratio,
             cfg.training_steps,
         )
         # Values of the observations at t+k+n (capped at a truncated end), from the target model.

@@ -55,7 +55,7 @@ class ReanalyzeWorker:
                                      device="cuda" if use_gpu else "cpu")
         self.weights_version = -1
 
-    def make_batch(self, windows: SampledWindows, training_step: int, batch_index: int,
+    def make_batch(self, windows: SampledWindows, learner_step: int, batch_index: int,
                    weights_version: int, weights_ref: list[ray.ObjectRef]
                    ) -> tuple[dict[str, np.ndarray], float]:
         """The batch for `windows` and the seconds it took. `weights_ref` is a one-item list, so
@@ -64,7 +64,7 @@ class ReanalyzeWorker:
         if weights_version != self.weights_version:
             self.reanalyzer.set_weights(ray.get(weights_ref[0]))
             self.weights_version = weights_version
-        batch = self.reanalyzer.make_batch(windows, training_step, batch_index)
+        batch = self.reanalyzer.make_batch(windows, learner_step, batch_index)
         return batch, time.perf_counter() - start
 
     def node_id(self) -> str:
@@ -74,7 +74,7 @@ class ReanalyzeWorker:
 @dataclass
 class _Job:
     windows: SampledWindows
-    training_step: int
+    learner_step: int
     batch_index: int
     weights_version: int
     worker: int  # worker index (actors) or 0 (thread)
@@ -147,10 +147,10 @@ class ReanalyzeQueue:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def submit(self, windows: SampledWindows, training_step: int, batch_index: int) -> None:
+    def submit(self, windows: SampledWindows, learner_step: int, batch_index: int) -> None:
         """Queues the batch for `windows` (batch index `batch_index`) with the newest target."""
         worker = batch_index % self.num_workers if self._workers else 0
-        job = _Job(windows, training_step, batch_index, self._version, worker, None)
+        job = _Job(windows, learner_step, batch_index, self._version, worker, None)
         job.pending = self._launch(job)
         self._jobs.append(job)
 
@@ -159,7 +159,7 @@ class ReanalyzeQueue:
             weights = self._weights[job.weights_version]
             return self._pool.submit(self._make_on_thread, job, weights)
         return self._workers[job.worker].make_batch.remote(
-            job.windows, job.training_step, job.batch_index, job.weights_version,
+            job.windows, job.learner_step, job.batch_index, job.weights_version,
             [self._weights_refs[job.weights_version]],
         )
 
@@ -168,7 +168,7 @@ class ReanalyzeQueue:
         if job.weights_version != self._thread_version:
             self.reanalyzer.set_weights(weights)
             self._thread_version = job.weights_version
-        batch = self.reanalyzer.make_batch(job.windows, job.training_step, job.batch_index)
+        batch = self.reanalyzer.make_batch(job.windows, job.learner_step, job.batch_index)
         return batch, time.perf_counter() - start
 
     def next_batch(self) -> tuple[SampledWindows, dict[str, np.ndarray], float]:

@@ -9,7 +9,7 @@ stored search value is ``windows.root_values[:, j]``.
 
 The algorithm calls::
 
-    n = off_policy_td_steps(training_step, windows.collected_at, td_steps,
+    n = off_policy_td_steps(learner_step, windows.collected_at, td_steps,
                             auto_td_steps_ratio, training_steps)
     positions = bootstrap_positions(windows, n, K)      # [B, K+1] window positions
     bootstrap_values = <target-model values of the stacked observations at positions>

@@ -1,4 +1,4 @@
-"""Slow, plain-Python reference of the `cython_mcts.run_mcts` contract (DESIGN.md section 3.1).
+"""Slow, plain-Python reference of the `cython_mcts.run_mcts` contract (docs/design.md section 3.1).
 
 Written for clarity, straight from the contract text, one `Node` object per node. The tests run
 it side by side with the compiled search and require identical visit counts.

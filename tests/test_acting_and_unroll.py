@@ -132,3 +132,17 @@ def test_one_shift_and_intensity_per_sample_for_all_unroll_targets(monkeypatch):
 def test_state_normalization_reaches_the_network(normalization):
     module = build(gym.spaces.Box(-1, 1, (4,), np.float32), state_normalization=normalization)
     assert module.network.normalize_state is normalization
+
+
+def test_checkpoints_with_the_old_counter_name_still_load():
+    # The gradient-step counter was called `training_step` in earlier checkpoints.
+    module = build(gym.spaces.Box(-1, 1, (4,), np.float32))
+    state = module.state_dict()
+    state["training_step"] = torch.tensor(1234)
+    del state["gradient_steps"]
+    module.load_state_dict(state)  # strict: no missing or unexpected key
+    assert int(module.gradient_steps) == 1234
+    state = module.get_state()  # RLlib's route (numpy), with the old name
+    state["training_step"] = state.pop("gradient_steps") * 0 + 77
+    module.set_state(state)
+    assert int(module.gradient_steps) == 77

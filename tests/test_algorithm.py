@@ -74,7 +74,7 @@ def test_trains_and_reports_metrics(trained):
     # Visit-count entropy over 2 actions lies in [0, log 2].
     assert 0.0 <= last["search"]["visit_entropy_mean"] <= np.log(2) + 1e-6
     # The module's step counter counts gradient steps.
-    assert int(module_of(algo).training_step) == last["training_steps_done"]
+    assert int(module_of(algo).gradient_steps) == last["training_steps_done"]
 
 
 def test_episodes_carry_search_outputs(trained):
@@ -106,7 +106,7 @@ def test_checkpoint_restores_buffer_counters_and_continues(trained, tmp_path):
     try:
         assert restored.replay_buffer.num_steps() == algo.replay_buffer.num_steps()
         assert restored._training_steps_done == algo._training_steps_done
-        assert int(module_of(restored).training_step) == int(module_of(algo).training_step)
+        assert int(module_of(restored).gradient_steps) == int(module_of(algo).gradient_steps)
         for key, value in weights_of(algo).items():
             np.testing.assert_array_equal(weights_of(restored)[key], value, err_msg=key)
         # The restored buffer samples exactly what the original would.
@@ -119,7 +119,7 @@ def test_checkpoint_restores_buffer_counters_and_continues(trained, tmp_path):
         # The learning rate continues from the restored step (cosine over training_steps).
         from rllib_barlowzero.torch.barlowzero_torch_learner import learning_rate
 
-        step = int(module_of(restored).training_step) - 1
+        step = int(module_of(restored).gradient_steps) - 1
         assert result["learners"][DEFAULT_MODULE_ID]["lr"] == pytest.approx(
             learning_rate(restored.config, step), rel=0.2
         )

@@ -90,7 +90,7 @@ def test_support_to_scalar_checks_width():
 
 
 def _barlow_numpy(a: np.ndarray, b: np.ndarray, lambd: float) -> float:
-    """Independent float64 computation of the formula in DESIGN 3.2."""
+    """Independent float64 computation of the formula in docs/design.md section 3.2."""
     n, d = a.shape
 
     def standardise(z):

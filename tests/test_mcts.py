@@ -1,4 +1,4 @@
-"""Tests of the compiled batched MCTS (`cython_mcts`) against the contract (DESIGN.md 3.1).
+"""Tests of the compiled batched MCTS (`cython_mcts`) against its contract (docs/design.md 3.1).
 
 - randomized comparisons with the plain-Python reference in `tests/mcts_reference.py`;
 - small trees worked out by hand (in the comments);

@@ -90,7 +90,7 @@ def test_reanalyzed_policy_equals_a_direct_search_with_the_target_model(reanalyz
     reanalyzer = Reanalyzer(make_network(seed=2), config, seed=11)
     reanalyzer.set_weights(target.state_dict())
     windows = filled_buffer(config).sample(8, np.random.default_rng(3))
-    batch = reanalyzer.make_batch(windows, training_step=0, batch_index=7)
+    batch = reanalyzer.make_batch(windows, learner_step=0, batch_index=7)
 
     # Batch 7's draws, in the documented order, from its own generator: which samples are
     # re-searched, the roots' Dirichlet noise (when on), the search's tie seed.
@@ -120,7 +120,7 @@ def test_reanalyze_randomness_comes_from_the_seed_and_the_batch_index():
 
     def targets(seed: int, batch_index: int) -> np.ndarray:
         reanalyzer = Reanalyzer(net, config, seed=seed)
-        return reanalyzer.make_batch(windows, training_step=0, batch_index=batch_index)[
+        return reanalyzer.make_batch(windows, learner_step=0, batch_index=batch_index)[
             "target_policy"]
 
     np.testing.assert_array_equal(targets(1, 4), targets(1, 4))  # a rerun, a new reanalyzer
@@ -136,7 +136,7 @@ def test_no_revisit_keeps_the_stored_policies():
     config = make_config(revisit_policy_search_rate=0.0)
     reanalyzer = Reanalyzer(make_network(), config, seed=0)
     windows = filled_buffer(config).sample(8, np.random.default_rng(0))
-    batch = reanalyzer.make_batch(windows, training_step=0, batch_index=0)
+    batch = reanalyzer.make_batch(windows, learner_step=0, batch_index=0)
     np.testing.assert_array_equal(batch["target_policy"], windows.policies)
 
 
@@ -147,7 +147,7 @@ def test_value_targets_bootstrap_from_the_target_model():
     reanalyzer.set_weights(target.state_dict())
     windows = filled_buffer(config).sample(8, np.random.default_rng(1))
     step = 0
-    batch = reanalyzer.make_batch(windows, training_step=step, batch_index=0)
+    batch = reanalyzer.make_batch(windows, learner_step=step, batch_index=0)
     n = off_policy_td_steps(step, windows.collected_at, config.td_steps,
                             config.auto_td_steps_ratio, config.training_steps)
     gamma = config.discount

@@ -90,7 +90,7 @@ def test_a_killed_worker_is_replaced_without_losing_or_repeating_updates(local_r
     # run without a crash.
     assert steps_after_crash == steps == 30
     assert_same_weights(reference, weights)
-    assert int(weights["training_step"]) == 30  # the module's gradient-step counter
+    assert int(weights["gradient_steps"]) == 30  # the module's gradient-step counter
 
 
 def test_workers_on_a_second_node_train():

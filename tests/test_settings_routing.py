@@ -147,7 +147,7 @@ def test_every_setting_reaches_its_reader_with_the_configs_value(algo):
     reanalyze_config = Recorder(real_config)
     reanalyzer = Reanalyzer(algo._build_network(), reanalyze_config, seed=0)
     windows = algo.replay_buffer.sample(NON_DEFAULT["batch_size"])
-    batch = reanalyzer.make_batch(windows, training_step=5, batch_index=5)
+    batch = reanalyzer.make_batch(windows, learner_step=5, batch_index=5)
     read |= assert_delivered(reanalyze_config.reads, "reanalyzer")
     # mcts settings travel through the model config.
     search_cfg = reanalyzer.mcts_config

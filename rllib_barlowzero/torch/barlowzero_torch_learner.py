@@ -46,7 +46,7 @@ def learning_rate(config: Any, step: int) -> float:
 
 
 class BarlowZeroTorchLearner(TorchLearner):
-    """Loss over the unroll k = 0..K (DESIGN 4), weighted by PER importance weights.
+    """Loss over the unroll k = 0..K (docs/design.md section 4), weighted by PER importance weights.
 
     Per sample: reward_coeff * value-prefix CE (k = 1..K) + value_coeff * value CE (k = 0..K) +
     policy_coeff * policy CE (k = 0..K) [+ consistency_coeff * SimSiam (k = 1..K)]. Barlow Twins
@@ -65,15 +65,15 @@ class BarlowZeroTorchLearner(TorchLearner):
             )
         self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params)
 
-    def _training_step(self, module_id: ModuleID) -> torch.Tensor:
-        return self.module[module_id].unwrapped().training_step
+    def _gradient_steps(self, module_id: ModuleID) -> torch.Tensor:
+        return self.module[module_id].unwrapped().gradient_steps
 
     def apply_gradients(self, gradients_dict: dict) -> None:
         # The schedule is a closed form of the gradient-step counter, which lives in the module's
         # state and so survives checkpoint restore (torch schedulers would not).
         for module_id in self.module.keys():
             config = self.config.get_config_for_module(module_id)
-            lr = learning_rate(config, int(self._training_step(module_id)))
+            lr = learning_rate(config, int(self._gradient_steps(module_id)))
             for optimizer in self.get_optimizers_for_module(module_id):
                 for group in optimizer[1].param_groups:
                     group["lr"] = lr
@@ -83,9 +83,9 @@ class BarlowZeroTorchLearner(TorchLearner):
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
         for module_id in self.module.keys():
-            self._training_step(module_id).add_(1)
+            self._gradient_steps(module_id).add_(1)
             self.metrics.log_value(
-                (module_id, "training_step"), int(self._training_step(module_id)), window=1
+                (module_id, "gradient_steps"), int(self._gradient_steps(module_id)), window=1
             )
 
     def compute_loss_for_module(

@@ -56,6 +56,13 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
         )
 
 
+def _accept_old_counter_name(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints written before the counter's rename call `gradient_steps` `training_step`."""
+    old = prefix + "training_step"
+    if old in state_dict:
+        state_dict[prefix + "gradient_steps"] = state_dict.pop(old)
+
+
 class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
     """Holds the representation, dynamics and prediction networks (on learners: the projection).
 
@@ -98,7 +105,8 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         )
         # Gradient steps taken so far: drives the temperature schedule on env runners (it travels
         # with the weights) and the learning-rate schedule (it travels with checkpoints).
-        self.register_buffer("training_step", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("gradient_steps", torch.zeros((), dtype=torch.int64))
+        self._register_load_state_dict_pre_hook(_accept_old_counter_name)
         self.mcts_config = mcts_config_from(cfg)
         self.dirichlet_alpha = float(cfg["dirichlet_alpha"])
         self.augmentation = list(cfg["augmentation"])
@@ -133,7 +141,7 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         policy = (visits / visits.sum(axis=1, keepdims=True)).astype(np.float32)
         if explore:
             temperature = visit_temperature(
-                int(self.training_step), int(self.model_config["training_steps"])
+                int(self.gradient_steps), int(self.model_config["training_steps"])
             )
             actions = sample_actions(visits, temperature, generators)
         else:

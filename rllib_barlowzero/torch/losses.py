@@ -1,4 +1,4 @@
-"""Losses and value transforms of BarlowZero (DESIGN 3.2).
+"""Losses and value transforms of BarlowZero (docs/design.md section 3.2).
 
 All functions take and return torch tensors and work on any device and floating dtype.
 

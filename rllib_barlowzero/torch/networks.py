@@ -2,7 +2,7 @@
 and the projection (and, for SimSiam only, predictor) of the consistency branch.
 
 The architecture is the paper's appendix, read with EfficientZero where the paper is loose
-(DESIGN 4):
+(docs/design.md section 4):
 
 - representation h (images, `downsample=True`): conv 3x3 s2 -> channels/2 (BN, ReLU) ->
   res(channels/2) -> res-downsample s2 -> channels -> res -> avgpool 3x3 s2 p1 -> res ->

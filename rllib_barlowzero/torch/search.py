@@ -98,11 +98,11 @@ def search(
     )
 
 
-def visit_temperature(training_step: int, training_steps: int) -> float:
+def visit_temperature(gradient_steps: int, training_steps: int) -> float:
     """EfficientZero's visit-count temperature: 1.0, then 0.5 at 50% and 0.25 at 75% of training."""
-    if training_step < 0.5 * training_steps:
+    if gradient_steps < 0.5 * training_steps:
         return 1.0
-    if training_step < 0.75 * training_steps:
+    if gradient_steps < 0.75 * training_steps:
         return 0.5
     return 0.25
 
