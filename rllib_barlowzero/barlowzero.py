@@ -544,6 +544,7 @@ class BarlowZero(Algorithm):
         self._training_steps_done = 0
         self._updates_owed = 0.0
         self._weights_step = 0  # the gradient step of the weights the env runners play with
+        self._orphaned_episodes_closed = 0
 
     def _build_network(self) -> torch.nn.Module:
         """A fresh inference-only network with the module's spaces (to hold target weights)."""
@@ -585,6 +586,9 @@ class BarlowZero(Algorithm):
             self.metrics.aggregate(runner_results, key=ENV_RUNNER_RESULTS)
             for episode in episodes:
                 new_steps += add_episode_chunk(self.replay_buffer, episode, self._weights_step)
+            # Every env slot sends a chunk each round: an episode in progress that got none
+            # was played by an env runner that died (and was restarted with new episodes).
+            self._close_orphaned_episodes({str(e.id_) for e in episodes})
             self.metrics.log_value(
                 "env_steps_per_s", new_steps / (time.perf_counter() - start), window=1
             )
@@ -613,6 +617,22 @@ class BarlowZero(Algorithm):
         for key, value in self.replay_buffer.stats().items():
             self.metrics.log_value(("replay_buffer", key), value, window=1)
         self.metrics.log_value("training_steps_done", self._training_steps_done, window=1)
+
+    def _close_orphaned_episodes(self, live_ids: set[str]) -> None:
+        """Commits the played steps of episodes that will get no more chunks, as truncated.
+
+        Closed rather than dropped: their steps are real data, and a truncated end only stops
+        the value bootstrap at the last frame played. (Should a live episode be closed by
+        mistake, e.g. a runner that timed out this round, its next chunk starts a new episode
+        in the buffer: nothing is lost.)
+        """
+        closed, steps = self.replay_buffer.close_episodes_except(live_ids)
+        self._orphaned_episodes_closed += closed
+        self.metrics.log_value(("replay_buffer", "orphaned_episodes_closed"),
+                               self._orphaned_episodes_closed, window=1)
+        if steps:
+            self.metrics.log_value(("replay_buffer", "orphaned_steps_committed"), steps,
+                                   reduce="sum")
 
     def _train(self, num_updates: int) -> None:
         """Runs `num_updates` gradient steps while reanalyze makes the next batches.
@@ -731,6 +751,7 @@ class BarlowZero(Algorithm):
             "training_steps_done": self._training_steps_done,
             "updates_owed": self._updates_owed,
             "weights_step": self._weights_step,
+            "orphaned_episodes_closed": self._orphaned_episodes_closed,
         }
         return state
 
@@ -751,6 +772,10 @@ class BarlowZero(Algorithm):
         self._training_steps_done = own["training_steps_done"]
         self._updates_owed = own["updates_owed"]
         self._weights_step = own["weights_step"]
+        self._orphaned_episodes_closed = own.get("orphaned_episodes_closed", 0)
+        # The env runners play new episodes after a restore: the buffer's episodes in progress
+        # will get no more chunks.
+        self._close_orphaned_episodes(set())
 
 
 def _to_numpy(value: Any) -> np.ndarray:

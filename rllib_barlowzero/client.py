@@ -2,9 +2,13 @@
 
     python -m rllib_barlowzero.client http://127.0.0.1:8000 --env CartPole-v1 --episodes 2
 
-The client stacks frames itself exactly like the env runners do
-(`rllib_barlowzero.env.stack_frames`): n = expected observation size / env frame size frames,
-oldest first, the episode's first frame repeated before the start.
+`play` plays through a server session: it sends one env frame per step with a session id
+(``"reset": true`` with each episode's first frame), and the server stacks the frames exactly
+like the env runners do (`rllib_barlowzero.env.stack_frames`: n frames, oldest first, the
+episode's first frame repeated before its start). A server that keeps no sessions
+(``max_sessions=0``, e.g. for several replicas, or an RLModule directory served without
+``num_frames``) gets the stacked observation instead, stacked here the same way. Observations
+travel compactly: uint8 arrays (images) as base64, others as nested lists.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import base64
 import json
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 import numpy as np
@@ -34,7 +39,8 @@ class BarlowZeroServerError(RuntimeError):
 
 
 def encode_observation(observation: Any) -> Any:
-    """The JSON form of one stacked observation: base64 for uint8 arrays, else nested lists."""
+    """The JSON form of an observation (stacked, or one frame): base64 for uint8 arrays (the
+    compact form for images), else nested lists."""
     array = np.asarray(observation)
     if array.dtype == np.uint8:
         return {
@@ -56,16 +62,28 @@ class BarlowZeroClient:
         """`GET /healthz`: the expected observation shape/dtype, number of actions, counters."""
         return self._request("GET", "/healthz")
 
-    def act(self, observation: Any) -> dict[str, Any]:
-        """`POST /act` with one stacked observation.
+    def act(
+        self, observation: Any, *, session: str | None = None, reset: bool = False
+    ) -> dict[str, Any]:
+        """`POST /act` with one stacked observation, or with `session` one frame of it.
+
+        With `session`, the server stacks the session's frames; `reset` (send it with an
+        episode's first frame) restarts the session.
 
         Returns:
-            {"action": int, "visit_counts": [int] * A, "root_value": float}.
+            {"action": int, "visit_counts": [int] * A, "root_value": float}, and for a session
+            also {"session": str, "new_session": bool, "step": int, "frames": int}.
 
         Raises:
             BarlowZeroServerError: on a 4xx/5xx answer.
         """
-        return self._request("POST", "/act", {"observation": encode_observation(observation)})
+        payload: dict[str, Any] = {"observation": encode_observation(observation)}
+        if session is not None:
+            payload["session"] = session
+            payload["reset"] = bool(reset)
+        elif reset:
+            raise ValueError("reset=True needs a session")
+        return self._request("POST", "/act", payload)
 
     def _request(self, method: str, path: str, payload: Any = None) -> dict[str, Any]:
         data = None if payload is None else json.dumps(payload).encode("utf-8")
@@ -100,33 +118,61 @@ def play(
 
     Atari ids go through `make_atari_env(env_id, training=False)` (whole games, raw scores),
     other ids through `make_gym_env` (images as channels-first uint8 frames, as in training).
-    `max_steps` (optional) cuts an episode short.
+    `max_steps` (optional) cuts an episode short. When the server keeps sessions, every step
+    sends one frame in a session of this call's own (a fresh id, reset at each episode start);
+    else it sends the stacked observation (see the module docstring).
 
     Returns:
         The return (sum of rewards) of each episode.
+
+    Raises:
+        RuntimeError: if the server lost the session mid-episode (evicted: its idle timeout or
+            session cap), since the stacked frames would no longer be the episode's.
     """
     client = client or BarlowZeroClient(url)
     info = client.health()
     expected_shape = tuple(info["observation_shape"])
     expected_dtype = np.dtype(info["observation_dtype"])
+    sessions = info.get("sessions")
+    use_sessions = isinstance(sessions, dict) and bool(sessions.get("enabled"))
     if is_atari_env_id(env_id):
         env = make_atari_env(env_id, training=False)
     else:
         env = make_gym_env(env_id)
     try:
-        frame_shape = tuple(env.observation_space.shape)
-        num_frames = _num_frames(frame_shape, expected_shape, env_id)
+        frame_shape = tuple(env.observation_space.shape) or (1,)
+        if use_sessions:
+            server_frame_shape = tuple(info["frame_shape"])
+            if frame_shape != server_frame_shape:
+                raise ValueError(
+                    f"{env_id} frames have shape {list(frame_shape)}, but the model takes frames "
+                    f"of shape {list(server_frame_shape)}"
+                )
+            session_id = f"play-{uuid.uuid4().hex}"
+        else:
+            num_frames = _num_frames(frame_shape, expected_shape, env_id)
         returns = []
         for episode in range(episodes):
             frame, _ = env.reset(seed=None if seed is None else seed + episode)
             frames = [np.asarray(frame)]
             total, steps, done = 0.0, 0, False
             while not done and (max_steps is None or steps < max_steps):
-                window = np.stack(frames[-num_frames:])
-                obs = stack_frames(window, len(window) - 1, num_frames).astype(expected_dtype)
-                action = client.act(obs)["action"]
-                frame, reward, terminated, truncated, _ = env.step(action)
-                frames = [*frames, np.asarray(frame)][-num_frames:]
+                if use_sessions:
+                    one = np.asarray(frame).astype(expected_dtype).reshape(frame_shape)
+                    answer = client.act(one, session=session_id, reset=steps == 0)
+                    if steps > 0 and answer.get("new_session"):
+                        raise RuntimeError(
+                            f"the server evicted session {session_id!r} mid-episode (step "
+                            f"{steps}; its idle timeout or session cap): its frames are lost"
+                        )
+                else:
+                    window = np.stack(frames[-num_frames:]).reshape(-1, *frame_shape)
+                    answer = client.act(
+                        stack_frames(window, len(window) - 1, num_frames).astype(expected_dtype)
+                    )
+                frame, reward, terminated, truncated, _ = env.step(answer["action"])
+                if not use_sessions:
+                    frames = [*frames, np.asarray(frame)][-num_frames:]
                 total += float(reward)
                 steps += 1
                 done = terminated or truncated
@@ -138,8 +184,6 @@ def play(
 
 def _num_frames(frame_shape: tuple[int, ...], expected_shape: tuple[int, ...], env_id: str) -> int:
     """How many env frames the model stacks (on axis 0)."""
-    if not frame_shape:
-        frame_shape = (1,)
     if (
         len(frame_shape) == len(expected_shape)
         and frame_shape[1:] == expected_shape[1:]

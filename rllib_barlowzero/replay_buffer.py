@@ -381,6 +381,18 @@ class GameSegmentReplayBuffer:
             return 0
         return self._append_segments(self._commit_tail(builder, str(episode_id), terminated=False))
 
+    def episodes_in_progress(self) -> list[str]:
+        """Ids of the episodes that have chunks but no end yet."""
+        return list(self._builders)
+
+    def close_episodes_except(self, live_ids: set[str]) -> tuple[int, int]:
+        """Closes (as truncated) every episode in progress whose id is not in `live_ids`.
+
+        Returns (episodes closed, steps committed by closing them).
+        """
+        orphans = [eid for eid in self._builders if eid not in live_ids]
+        return len(orphans), sum(self.close_episode(eid) for eid in orphans)
+
     def _validate_chunk(
         self,
         episode_id: str,
