@@ -256,7 +256,8 @@ def run_mcts(
 
     Raises:
         ValueError: on a wrong shape/dtype, a non-finite value, an all-illegal root, a
-            non-callable `recurrent_fn`, a bad output of it or a bad `seed`.
+            non-callable `recurrent_fn`, a bad output of it, a bad `seed`, or root values that
+            overflow to infinity in the backups (finite but huge model outputs).
     """
     if not isinstance(config, MCTSConfig):
         raise ValueError(f"config must be an MCTSConfig, got {type(config).__name__}")
@@ -296,6 +297,13 @@ def run_mcts(
         config.value_prefix, config.lstm_horizon_len, config.value_delta_max, noise_array, mask,
         seeds,
     )
+    bad = np.flatnonzero(~np.isfinite(root_value))
+    if bad.size:
+        raise ValueError(
+            f"run_mcts: the root value of root(s) {bad.tolist()} is not finite although every "
+            "model output was: the values or value prefixes are too large for float32 backups "
+            "(check the model and its inputs)"
+        )
     return SearchOutput(visit_counts=counts, root_values=root_value)
 
 

@@ -117,6 +117,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Key of a row's answer when its observation could not be searched (a 400 for that request).
+UNSEARCHABLE = "unsearchable"
+
 #: Default limit on the size of a request body (bytes).
 MAX_BODY_BYTES = 8 * 1024 * 1024
 #: Default cap on the number of sessions of a replica (the least recently used is evicted).
@@ -781,6 +784,9 @@ class BarlowZeroDeployment:
             result = await self._act_batch(observation)
         except Exception as e:  # report it, keep serving
             return _error(500, f"search failed: {type(e).__name__}: {e}", self.spec)
+        if UNSEARCHABLE in result:  # this observation alone; the rest of its batch was answered
+            return _error(400, f"this observation cannot be searched: {result[UNSEARCHABLE]}",
+                          self.spec)
         self.stats["requests"] += 1
         return JSONResponse({**result, **session_fields})
 
@@ -842,7 +848,21 @@ class BarlowZeroDeployment:
         return await loop.run_in_executor(self._executor, self.act, np.stack(observations))
 
     def act(self, observations: np.ndarray) -> list[dict[str, Any]]:
-        """One batched search over `observations` [B, *shape]; one answer dict per row."""
+        """One batched search over `observations` [B, *shape]; one answer dict per row.
+
+        An observation that passes validation can still break the search (e.g. float32 3e38:
+        finite, but the model's outputs or the backups overflow), which fails the whole batch:
+        then each row is searched on its own, and a row that fails alone gets
+        `{UNSEARCHABLE: reason}` (a 400 for its request only).
+        """
+        try:
+            return self._search(observations)
+        except ValueError as error:
+            if len(observations) == 1:
+                return [{UNSEARCHABLE: str(error)}]
+            return [self.act(observations[i:i + 1])[0] for i in range(len(observations))]
+
+    def _search(self, observations: np.ndarray) -> list[dict[str, Any]]:
         import torch
 
         out = self.module.forward_inference({"obs": torch.from_numpy(observations)})

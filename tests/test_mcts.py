@@ -927,3 +927,22 @@ def test_low_level_search_rechecks_its_arguments():
         broken[index] = bad
         with pytest.raises(ValueError):
             search(*broken)
+
+
+def test_root_values_that_overflow_in_the_backups_are_an_error_naming_the_roots():
+    # Finite model outputs near float32's limit: the backups of root 1 overflow to infinity.
+    big = 3e38
+
+    def recurrent_fn(parent_ids, actions, depths):
+        huge = np.where(np.arange(3) == 1, big, 0.5).astype(np.float32)
+        return huge, huge, np.zeros((3, 2), np.float32)
+
+    config = MCTSConfig(num_simulations=4, discount=0.997)
+    with pytest.raises(ValueError, match=r"root\(s\) \[1\] is not finite"):
+        run_mcts(np.zeros((3, 2), np.float32), np.array([0.0, big, 0.0], np.float32),
+                 recurrent_fn, config)
+    # The same search without the huge root is fine.
+    out = run_mcts(np.zeros((1, 2), np.float32), np.zeros(1, np.float32),
+                   lambda p, a, d: (np.full(1, 0.5, np.float32), np.full(1, 0.5, np.float32),
+                                    np.zeros((1, 2), np.float32)), config)
+    assert np.isfinite(out.root_values).all()

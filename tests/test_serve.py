@@ -297,6 +297,38 @@ BAD_REQUESTS = [
 ]
 
 
+def test_an_unsearchable_observation_fails_only_its_own_request(server, vector_module):
+    # float32 3e38 is finite, so it passes validation, but the search cannot take it: batched
+    # with good requests, it gets a 400 and they get their answers.
+    url = server["vector"] + "/act"
+    rng = np.random.default_rng(5)
+    n, extreme = 8, 5
+    observations = [rng.normal(0.0, 1.0, 8).astype(np.float32) for _ in range(n)]
+    observations[extreme] = np.full(8, 3e38, np.float32)
+    with pytest.raises(ValueError):
+        _direct(vector_module, observations[extreme])
+    expected = {i: _direct(vector_module, obs) for i, obs in enumerate(observations)
+                if i != extreme}
+    results: list = [None] * n
+    barrier = threading.Barrier(n)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        results[i] = _post(url, {"observation": observations[i].tolist()})
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i, (status, answer) in enumerate(results):
+        if i == extreme:
+            assert status == 400 and "cannot be searched" in answer["error"], answer
+        else:
+            assert status == 200, answer
+            _check_answer(answer, expected[i], 2)
+
+
 @pytest.mark.parametrize(
     ("name", "which", "body", "words"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
 )
