@@ -6,6 +6,12 @@ training loop (reanalyze of batch i+1 overlapping the update of batch i):
 
     python benchmarks/bench_atari.py                                   # the paper's network
     python benchmarks/bench_atari.py --yaml tuned_examples/breakout_cpu.yaml
+    python benchmarks/bench_atari.py --yaml tuned_examples/breakout_cpu.yaml \
+        --reanalyze-workers 0 1 2      # the pipelined loop with 0 (driver thread), 1, 2 actors
+
+With `--reanalyze-workers`, each count gets its own algorithm (the same replay buffer copied in,
+`reanalyze_queue_size` = max(2, 2N) for every N so the counts differ only in who makes the
+batches) and the pipelined loop is timed again: learner steps/s and the learner's idle share.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from rllib_barlowzero.barlowzero import add_episode_chunk
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(yaml_path: Path, num_envs: int | None, device: str) -> object:
+def build(yaml_path: Path, num_envs: int | None, device: str, **training) -> object:
     (experiment,) = yaml.safe_load(yaml_path.read_text()).values()
     config = BarlowZeroConfig().environment(experiment["env"])
     config.update_from_dict(experiment["config"])
@@ -39,6 +45,7 @@ def build(yaml_path: Path, num_envs: int | None, device: str) -> object:
     config.learners(num_learners=0, num_gpus_per_learner=gpus)
     config.env_runners(num_gpus_per_env_runner=0)
     config.evaluation(evaluation_interval=None, evaluation_num_env_runners=0)
+    config.training(**training)
     return config.build_algo()
 
 
@@ -58,6 +65,8 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--reanalyze-workers", type=int, nargs="*", default=[],
+                        help="also time the pipelined loop with these numbers of Ray actors")
     parser.add_argument("--out", default=None, help="write the figures as JSON")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -121,10 +130,32 @@ def main() -> None:
     print(f"\n{'figure':34} value")
     for key, value in figures.items():
         print(f"{key:34} {value:,.3f}")
+    buffer_state = algo.replay_buffer.get_state()
+    algo.stop()
+
+    workers = {}
+    for n in args.reanalyze_workers:
+        queue = max(2, 2 * n)
+        other = build(Path(args.yaml), args.num_envs, args.device, num_reanalyze_workers=n,
+                      reanalyze_queue_size=queue, num_cpus_per_reanalyze_worker=0.5)
+        other.replay_buffer.set_state(buffer_state)
+        other._train(queue)  # warm-up: workers started, weights loaded
+        other._train(args.repeats * 2)
+        workers[n] = {
+            "reanalyze_queue_size": queue,
+            "learner_steps_per_s": other.metrics.peek("learner_steps_per_s"),
+            "learner_idle_share": other.metrics.peek("learner_idle_share"),
+            "reanalyze_batch_s": other.metrics.peek(("timers", "reanalyze_batch_s")),
+            "learner_update_s": other.metrics.peek(("timers", "learner_update_s")),
+        }
+        other.stop()
+        print(f"reanalyze workers {n}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in workers[n].items()), flush=True)
+    if workers:
+        figures["pipelined_by_reanalyze_workers"] = workers
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(figures, indent=2))
-    algo.stop()
 
 
 if __name__ == "__main__":

@@ -17,19 +17,24 @@ the command with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import difflib
 import inspect
 import itertools
 import json
 import logging
+import math
+import numbers
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import ray
 import yaml
 from ray import tune
@@ -429,6 +434,169 @@ def check_resources(experiment: Experiment, local: bool) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+# The progress table of `train file`, the classic `rllib train` columns: result key (nested keys
+# joined by "/") -> (header, format of the value).
+PROGRESS_COLUMNS: dict[str, tuple[str, str]] = {
+    "training_iteration": ("iter", "d"),
+    "num_env_steps_sampled_lifetime": ("env steps", "d"),
+    "training_steps_done": ("train steps", "d"),
+    "env_runners/episode_return_mean": ("return", ".1f"),
+    "evaluation/env_runners/episode_return_mean": ("eval return", ".1f"),
+    "learners/default_policy/total_loss": ("total loss", ".4g"),
+    "env_steps_per_s": ("env steps/s", ".1f"),
+    "learner_idle_share": ("learner idle", ".0%"),
+}
+# Status order of the rows, and the most rows shown while trials run (all of them at the end).
+TRIAL_STATUS_ORDER = ("RUNNING", "PAUSED", "PENDING", "TERMINATED", "ERROR")
+MAX_PROGRESS_ROWS = 20
+
+
+def result_value(result: dict[str, Any], key: str) -> Any:
+    """`result[key]`, a nested key given as "a/b/c" (or already flat); None if absent."""
+    if key in result:
+        return result[key]
+    value: Any = result
+    for part in key.split("/"):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def format_cell(value: Any, spec: str) -> str:
+    """A metric value for the progress table: blank when missing or not a number."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        return ""
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    if spec == "d":
+        return str(int(round(value)))
+    return format(value, spec)
+
+
+def render_table(header: list[str], rows: list[list[str]], right: list[bool]) -> str:
+    """A text table in psql style; `right` tells which columns are right-aligned."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ) + " |"
+
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    return "\n".join([rule, line(header), rule.replace("+", "|", 1)[:-1] + "|",
+                      *(line(r) for r in rows), rule])
+
+
+class ProgressTable(tune.ProgressReporter):
+    """Tune's progress output for `train file`: a status block and one row per trial with the
+    classic `rllib train` columns (`PROGRESS_COLUMNS`) and the trial's searched parameters.
+
+    A cell stays blank until its trial reports that metric (e.g. the loss before learning
+    starts, the evaluation return between evaluations), so the columns never move. The table is
+    printed when a trial changes (status or iteration) at most every `min_interval_s` seconds,
+    at least every `max_interval_s` seconds, and once more at the end.
+    """
+
+    def __init__(
+        self,
+        columns: dict[str, tuple[str, str]] | None = None,
+        min_interval_s: float = 10.0,
+        max_interval_s: float = 300.0,
+    ) -> None:
+        self.columns = dict(columns or PROGRESS_COLUMNS)
+        self.min_interval_s = min_interval_s
+        self.max_interval_s = max_interval_s
+        self._start = time.time()
+        self._total_samples: int | None = None
+        self._last_time = -math.inf
+        self._last_state: tuple = ()
+
+    def setup(self, start_time: float | None = None, total_samples: int | None = None,
+              **kwargs: Any) -> None:
+        if start_time is not None:
+            self._start = start_time
+        self._total_samples = total_samples
+
+    @staticmethod
+    def _state(trials: list[Any]) -> tuple:
+        return tuple((t.trial_id, t.status, (t.last_result or {}).get("training_iteration"))
+                     for t in trials)
+
+    def should_report(self, trials: list[Any], done: bool = False) -> bool:
+        waited = time.time() - self._last_time
+        changed = self._state(trials) != self._last_state
+        return done or (changed and waited >= self.min_interval_s) or (
+            waited >= self.max_interval_s)
+
+    def report(self, trials: list[Any], done: bool, *sys_info: str) -> None:
+        self._last_time, self._last_state = time.time(), self._state(trials)
+        print(self.format(trials, done, *sys_info), flush=True)
+
+    def format(self, trials: list[Any], done: bool = False, *sys_info: str) -> str:
+        """The status block and the table (all rows when `done`)."""
+        now = time.time()
+        running = time.strftime("%H:%M:%S", time.gmtime(max(0.0, now - self._start)))
+        counts: dict[str, int] = {}
+        for trial in trials:
+            counts[trial.status] = counts.get(trial.status, 0) + 1
+        total = f"/{self._total_samples}" if self._total_samples else ""
+        lines = [
+            f"== Status == {time.strftime('%Y-%m-%d %H:%M:%S')} (running for {running})",
+            *(info for info in sys_info if info),
+            f"Trials: {len(trials)}{total} ("
+            + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + ")",
+        ]
+        if not trials:
+            return "\n".join(lines)
+        order = {status: i for i, status in enumerate(TRIAL_STATUS_ORDER)}
+        shown = sorted(trials, key=lambda t: order.get(t.status, len(order)))
+        hidden = 0 if done else max(0, len(shown) - MAX_PROGRESS_ROWS)
+        shown = shown[: len(shown) - hidden]
+        params = sorted({key for t in trials for key in (t.evaluated_params or {})})
+        header = ["trial", "status", *params, *(h for h, _ in self.columns.values())]
+        right = [False, False, *[True] * len(params), *[True] * len(self.columns)]
+        rows = []
+        for trial in shown:
+            result = trial.last_result or {}
+            rows.append([
+                str(trial), trial.status,
+                *(_param_cell((trial.evaluated_params or {}).get(p)) for p in params),
+                *(format_cell(result_value(result, key), spec)
+                  for key, (_, spec) in self.columns.items()),
+            ])
+        lines.append(render_table(header, rows, right))
+        if hidden:
+            lines.append(f"... and {hidden} more trial(s)")
+        for trial in trials:
+            error_file = getattr(trial, "error_file", None)
+            if trial.status == "ERROR" and error_file:
+                lines.append(f"{trial} failed: see {error_file}")
+        return "\n".join(lines)
+
+
+def _param_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    text = format(value, "g") if isinstance(value, float) else str(value)
+    return text if len(text) <= 20 else text[:17] + "..."
+
+
+@contextlib.contextmanager
+def classic_tune_output() -> Iterator[None]:
+    """Tune's classic output engine for the duration (the new one ignores a progress reporter)."""
+    previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = previous
+
+
 class RaiseStop(tune.Callback):
     """Extends the stop conditions of restored trials (Tune keeps them in the experiment state)."""
 
@@ -459,9 +627,11 @@ def run_experiment(experiment: Experiment, resume: bool = False,
         tuner = tune.Tuner.restore(experiment_dir,
                                    trainable=algorithm_class(experiment.run, experiment.name),
                                    _resume_config=resume_config)
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.progress_reporter = ProgressTable()
         if stop_override:
             # Trials keep their stop conditions in the experiment state; raise them.
-            tuner._local_tuner.get_run_config().callbacks.append(RaiseStop(stop_override))
+            run_config.callbacks.append(RaiseStop(stop_override))
     else:
         if resume:
             print(f"Nothing to resume at {experiment_dir}; starting the experiment", flush=True)
@@ -476,10 +646,12 @@ def run_experiment(experiment: Experiment, resume: bool = False,
                 checkpoint_config=tune.CheckpointConfig(**experiment.checkpoint_config),
                 failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
                 callbacks=[TBXLoggerCallback()],
+                progress_reporter=ProgressTable(),
                 verbose=verbose,
             ),
         )
-    return list(tuner.fit())
+    with classic_tune_output():
+        return list(tuner.fit())
 
 
 def summarize(experiment: Experiment, results: list[Any]) -> tuple[int, int]:
@@ -604,7 +776,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             checkpoint = str(serve.resolve_module_dir(args.checkpoint))
         except FileNotFoundError:
             raise e from None
-    serve.serve_checkpoint(checkpoint, port=args.port, host=args.host, blocking=True)
+    serve.serve_checkpoint(
+        checkpoint, port=args.port, host=args.host, blocking=True,
+        num_frames=args.num_frames, max_sessions=args.max_sessions,
+        session_idle_timeout_s=args.session_idle_timeout or None,
+    )
     return 0
 
 
@@ -646,15 +822,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     train_file.add_argument("--checkpoint-freq", type=int,
                             help="checkpoint every N training iterations")
     train_file.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2),
-                            help="Tune's output: 0 silent, 1 progress table (default), 2 every "
-                            "result")
+                            help="Tune's output: 0 silent, 1 progress table (default: iteration, "
+                            "env and training steps, returns, loss, env steps/s, learner idle "
+                            "share), 2 also every result")
     train_file.add_argument("--dashboard", action="store_true", help="start Ray's dashboard")
     add_ray_args(train_file)
     train_file.set_defaults(func=cmd_train)
 
     ev = commands.add_parser("evaluate", help="play full games with a checkpoint (Table 1)",
-                             description="Restores a BarlowZero checkpoint and plays whole "
-                             "games with greedy search; prints max / mean / median / min / std.")
+                             description="Loads the network of a BarlowZero checkpoint (not "
+                             "its replay buffer) and plays whole games with greedy search; prints "
+                             "max / mean / median / min / std and the games cut at the move cap.")
     ev.add_argument("checkpoint", help="checkpoint directory (or a trial directory: its latest)")
     ev.add_argument("--episodes", type=int, default=32, help="games to play (default: 32)")
     ev.add_argument("--env", help="play this env id instead of the checkpoint's")
@@ -668,7 +846,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--envs-per-env-runner", type=int, default=1,
                     help="games played at once per env runner (default 1; more is faster but "
                     "favours short games)")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--quiet", action="store_true",
+                    help="no progress bar (it is drawn on a terminal only)")
     add_ray_args(ev)
     ev.set_defaults(func=cmd_evaluate)
 
@@ -686,6 +865,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     sv.add_argument("checkpoint", help="checkpoint directory (or a trial directory: its latest)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--num-frames", type=int, default=None,
+                    help="frames per stacked observation; needed for sessions when serving an "
+                         "RLModule directory (an Algorithm checkpoint records it)")
+    sv.add_argument("--max-sessions", type=int, default=1000,
+                    help="sessions kept (least recently used evicted); 0: sessions off")
+    sv.add_argument("--session-idle-timeout", type=float, default=600.0,
+                    help="seconds before an idle session is dropped; 0: never")
     sv.set_defaults(func=cmd_serve)
     return parser
 

@@ -11,6 +11,10 @@ visited action. The games are split as evenly as possible over the runners and, 
 over its envs; each env plays its share back to back from its seeded reset
 (`BarlowZeroEnvRunner`), so exactly `episodes` whole games are reported whatever their lengths:
 no bias towards short games. Games cut at the move cap (truncated) are counted in the report.
+
+`load_algorithm` reads only the RLModule weights from the checkpoint (not the replay buffer or
+optimizer state of the algorithm state); the algorithm is built from the checkpoint's config.
+On a terminal, a progress bar over the games moves as each game ends.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import os
 import pickle
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -27,6 +32,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from ray.rllib.core import (
+    COMPONENT_ENV_TO_MODULE_CONNECTOR,
+    COMPONENT_EVAL_ENV_RUNNER,
+    COMPONENT_LEARNER,
+    COMPONENT_LEARNER_GROUP,
+    COMPONENT_MODULE_TO_ENV_CONNECTOR,
+    COMPONENT_RL_MODULE,
+    DEFAULT_MODULE_ID,
+)
 
 from rllib_barlowzero.env_runner import episode_quotas
 
@@ -39,6 +53,8 @@ __all__ = [
     "play_games",
     "check_video",
     "check_video_path",
+    "evaluation_config",
+    "module_dir",
     "record_video",
     "summary_statistics",
     "write_json",
@@ -46,6 +62,10 @@ __all__ = [
 
 CHECKPOINT_FILES = ("rllib_checkpoint.json", "class_and_ctor_args.pkl")
 VIDEO_SUFFIXES = (".gif", ".mp4")
+# The RLModule inside an Algorithm checkpoint (a path relative to it, and a component name).
+MODULE_COMPONENT = (
+    f"{COMPONENT_LEARNER_GROUP}/{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{DEFAULT_MODULE_ID}"
+)
 
 
 class EvaluateError(Exception):
@@ -97,22 +117,19 @@ def find_checkpoint(path: str) -> str:
     return str(root)
 
 
-def load_algorithm(
+def evaluation_config(
     checkpoint: str,
     env: str | None = None,
     seed: int | None = 0,
     num_env_runners: int = 0,
     envs_per_env_runner: int = 1,
-) -> Any:
-    """Restores the algorithm of `checkpoint` (`Algorithm.from_checkpoint`), resized to evaluate.
+) -> dict[str, Any]:
+    """The config dict of `checkpoint` (its `class_and_ctor_args.pkl`), resized to evaluate.
 
     Training env runners and learners shrink to one local process (a GPU is used only if there is
-    one); evaluation gets `num_env_runners` runners (0: this process) with `envs_per_env_runner`
-    games each, greedy search, and optionally another `env` and `seed`.
+    one), reanalyze workers to none; evaluation gets `num_env_runners` runners (0: this process)
+    with `envs_per_env_runner` games each, greedy search, and optionally another `env` and `seed`.
     """
-    from ray.rllib.algorithms.algorithm import Algorithm
-
-    checkpoint = find_checkpoint(checkpoint)
     config = dict(_checkpoint_info(Path(checkpoint))["ctor_args_and_kwargs"][0][0])
     gpu = torch.cuda.is_available()
     config.update(
@@ -121,6 +138,7 @@ def load_algorithm(
         num_learners=0,
         num_gpus_per_learner=min(1, config.get("num_gpus_per_learner", 0)) if gpu else 0,
         num_gpus_per_env_runner=config.get("num_gpus_per_env_runner", 0) if gpu else 0,
+        num_reanalyze_workers=0,
         evaluation_num_env_runners=num_env_runners,
         evaluation_config={
             **(config.get("evaluation_config") or {}),
@@ -129,7 +147,6 @@ def load_algorithm(
             "callbacks_on_episode_end": _on_episode_end,
         },
     )
-    trained_on = config.get("env")
     if env is not None:
         from rllib_barlowzero.cli import UserError, check_env
 
@@ -140,33 +157,95 @@ def load_algorithm(
         config["env"] = env
     if seed is not None:
         config["seed"] = seed
+    return config
+
+
+def module_dir(checkpoint: str) -> Path:
+    """The directory of the RLModule (the learner's `default_policy`) inside an Algorithm
+    checkpoint: the only part of the checkpoint evaluation reads."""
+    path = Path(checkpoint) / MODULE_COMPONENT
+    if not (path / "class_and_ctor_args.pkl").is_file():
+        raise CheckpointError(f"{checkpoint} holds no RLModule (no {MODULE_COMPONENT})")
+    return path
+
+
+def load_algorithm(
+    checkpoint: str,
+    env: str | None = None,
+    seed: int | None = 0,
+    num_env_runners: int = 0,
+    envs_per_env_runner: int = 1,
+) -> Any:
+    """The algorithm of `checkpoint`, built from its config (`evaluation_config`) with the
+    checkpoint's RLModule weights, ready to evaluate.
+
+    Only the module is read from the checkpoint (and the evaluation env runner's connector states,
+    a few bytes): not the replay buffer, optimizer or target model of the algorithm state, which
+    for Atari hold gigabytes of frames. The learner, replay buffer and reanalyze model exist but
+    are fresh and empty. The games are those `Algorithm.from_checkpoint` would play.
+    """
+    checkpoint = find_checkpoint(checkpoint)
+    info = _checkpoint_info(Path(checkpoint))
+    trained_on = info["ctor_args_and_kwargs"][0][0].get("env")
+    config = evaluation_config(checkpoint, env, seed, num_env_runners, envs_per_env_runner)
+    weights = module_dir(checkpoint)
+    # Built as `Algorithm.from_checkpoint` builds it: the checkpoint's class and config.
+    algo = info["class"](config=config)
     try:
-        algo = Algorithm.from_checkpoint(checkpoint, config=config)
+        # Loads the learner's module and syncs it to the training env runners.
+        algo.restore_from_path(weights, component=MODULE_COMPONENT)
+        _restore_eval_connectors(algo, Path(checkpoint))
     except RuntimeError as e:
+        algo.stop()
         if env is None or "size mismatch" not in str(e):
             raise
         raise EvaluateError(
             f"--env {env}: its observations or actions differ from those of {trained_on}, "
             "the env the checkpoint was trained on"
         ) from None
-    # The restore syncs the training env runners; the evaluation ones get the weights here.
     algo.eval_env_runner_group.sync_weights(
         from_worker_or_learner_group=algo.learner_group, inference_only=True
     )
     return algo
 
 
+def _restore_eval_connectors(algo: Any, checkpoint: Path) -> None:
+    """Restores the local evaluation env runner's connector states (e.g. observation filters)
+    as `Algorithm.from_checkpoint` does; remote evaluation runners keep fresh ones there too."""
+    runner = algo.eval_env_runner
+    saved = checkpoint / COMPONENT_EVAL_ENV_RUNNER
+    if runner is None:
+        return
+    for component in (COMPONENT_ENV_TO_MODULE_CONNECTOR, COMPONENT_MODULE_TO_ENV_CONNECTOR):
+        if (saved / component).is_dir():
+            runner.restore_from_path(saved / component, component=component)
+
+
 class _ProgressBar:
-    """A progress bar over games on stderr, fed by the evaluation env runner's episode ends."""
+    """A progress bar over games on stderr (a terminal only), moved at each game's end.
+
+    A local evaluation env runner calls `add` directly; remote ones put the scores into `sink`
+    (a Ray queue) that `play_games` drains into the driver's bar.
+    """
 
     def __init__(self) -> None:
         self.total = 0  # 0: off (remote env runners import their own copy of this module)
         self.scores: list[float] = []
+        self.sink: Any = None  # on a remote env runner: the driver's queue of scores
 
     def start(self, total: int) -> None:
         self.total, self.scores = total, []
 
+    def finish(self) -> None:
+        """Ends the bar's line if games are missing (a failed runner), and turns it off."""
+        if 0 < len(self.scores) < self.total:
+            print(file=sys.stderr, flush=True)
+        self.start(0)
+
     def add(self, score: float) -> None:
+        if self.sink is not None:
+            self.sink.put(score)
+            return
         if not self.total or len(self.scores) >= self.total:
             return
         self.scores.append(score)
@@ -190,14 +269,78 @@ def _on_episode_end(*, episode: Any, prev_episode_chunks: Any = (), **kwargs: An
                                                        prev_episode_chunks or ())))
 
 
-def _play(env_runner: Any, num_games: int) -> list[tuple[float, int, bool]]:
-    """(score, length, truncated) of `num_games` whole games, a fixed share per env."""
+def _on_terminal() -> bool:
+    """Whether stderr is a terminal (the progress bar is drawn only there)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def _play(env_runner: Any, num_games: int, sink: Any = None) -> list[tuple[float, int, bool]]:
+    """(score, length, truncated) of `num_games` whole games, a fixed share per env.
+
+    On a remote env runner, `sink` (a Ray queue) receives each game's score as it ends.
+    """
     if num_games < 1:
         return []
-    # One `sample` call per runner: RLlib re-seeds the envs at the start of every
-    # `sample(num_episodes=...)`, so one call per game would replay the same game.
-    episodes = env_runner.sample(num_episodes=num_games, explore=False)
+    _progress_bar.sink = sink
+    try:
+        # One `sample` call per runner: RLlib re-seeds the envs at the start of every
+        # `sample(num_episodes=...)`, so one call per game would replay the same game.
+        episodes = env_runner.sample(num_episodes=num_games, explore=False)
+    finally:
+        _progress_bar.sink = None
     return [(float(e.get_return()), len(e), bool(e.is_truncated)) for e in episodes]
+
+
+def _play_remote(group: Any, episodes: int, progress: bool) -> list[tuple[float, int, bool]]:
+    """`_play` on every remote evaluation env runner, each its quota; the games in runner order.
+
+    With `progress`, the runners send each score to a Ray queue that this process drains into the
+    progress bar while they play (their `sample` calls run on a helper thread).
+    """
+    runners = group.num_remote_env_runners()
+    sink = None
+    if progress:
+        from ray.util.queue import Queue
+
+        sink = Queue(actor_options={"num_cpus": 0})
+
+    def play(env_runner: Any) -> list[tuple[float, int, bool]]:
+        # Remote runners are numbered 1..runners.
+        return _play(env_runner, episode_quotas(episodes, runners)[env_runner.worker_index - 1],
+                     sink)
+
+    if sink is None:
+        played = group.foreach_env_runner(play, local_env_runner=False)
+        return [game for games in played for game in games]
+
+    from ray.util.queue import Empty
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["played"] = group.foreach_env_runner(play, local_env_runner=False)
+        except BaseException as e:  # re-raised in the calling thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name="evaluate-games", daemon=True)
+    try:
+        thread.start()
+        while thread.is_alive():
+            try:
+                _progress_bar.add(sink.get(timeout=0.2))
+            except Empty:
+                pass
+        while not sink.empty():
+            _progress_bar.add(sink.get_nowait())
+    finally:
+        sink.shutdown()
+    if "error" in outcome:
+        raise outcome["error"]
+    return [game for games in outcome["played"] for game in games]
 
 
 def play_games(
@@ -208,27 +351,22 @@ def play_games(
     The games are split as evenly as possible over the runners, and each runner's share over its
     envs; every env plays its share back to back from its seeded reset. Which games are reported
     is fixed before any is played, so long games weigh as much as short ones. `truncated` counts
-    the games cut at the move cap (or a time limit) rather than ended by the game.
+    the games cut at the move cap (or a time limit) rather than ended by the game. With
+    `progress`, a progress bar over the games moves at each game's end, on a terminal only.
     """
     if episodes < 1:
         raise EvaluateError(f"--episodes must be >= 1, got {episodes}")
     group = algo.eval_env_runner_group
+    progress = progress and _on_terminal()
     start = time.perf_counter()
-    if group.num_remote_env_runners() == 0:
-        _progress_bar.start(episodes if progress else 0)
-        results = _play(algo.eval_env_runner, episodes)
-        _progress_bar.start(0)
-    else:
-        runners = group.num_remote_env_runners()
-        results = [
-            game
-            for played in group.foreach_env_runner(
-                # Remote runners are numbered 1..runners.
-                lambda er: _play(er, episode_quotas(episodes, runners)[er.worker_index - 1]),
-                local_env_runner=False,
-            )
-            for game in played
-        ]
+    _progress_bar.start(episodes if progress else 0)
+    try:
+        if group.num_remote_env_runners() == 0:
+            results = _play(algo.eval_env_runner, episodes)
+        else:
+            results = _play_remote(group, episodes, progress)
+    finally:
+        _progress_bar.finish()
     results = results[:episodes]
     scores = [score for score, _, _ in results]
     lengths = [length for _, length, _ in results]
@@ -263,7 +401,8 @@ def summary_statistics(values: list[float]) -> dict[str, float]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The paper's Table 1 (max / mean / min score) plus median, std and episode lengths."""
+    """The paper's Table 1 (max / mean / min score) plus median, std, episode lengths and the
+    number of games cut at the move cap."""
     lines = [
         f"{report['algorithm']} on {report['env']}: {report['episodes']} games, greedy search"
         + (f", checkpoint {report['checkpoint']}" if report.get("checkpoint") else ""),
@@ -273,10 +412,11 @@ def format_table(report: dict[str, Any]) -> str:
     for stat in ("max", "mean", "median", "min", "std"):
         lines.append(f"{stat:8}{report['score'][stat]:12.1f}{report['length'][stat]:12.1f}")
     if "truncated" in report:
+        share = report.get("truncated_share", report["truncated"] / max(1, report["episodes"]))
         lines += [
             "",
-            f"games cut at the move cap: {report['truncated']} / {report['episodes']} "
-            f"({report['truncated_share']:.0%})",
+            f"games cut at the move cap: {report['truncated']} of {report['episodes']} "
+            f"({share:.0%})",
         ]
     return "\n".join(lines)
 

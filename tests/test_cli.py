@@ -59,6 +59,7 @@ def trained(tmp_path_factory) -> Path:
     done = run(RLLIB, "train", "file", "tests/data/tiny.yaml", "--storage-path", str(storage))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tiny-cartpole: 1 trial(s)" in done.stdout
+    (storage / "stdout.txt").write_text(done.stdout)
     return storage / "tiny-cartpole"
 
 
@@ -86,6 +87,53 @@ def test_train_reports_checkpoints_and_evaluates(trained):
     for name in ("checkpoint_000000", "checkpoint_000001"):
         assert (trial / name / "rllib_checkpoint.json").is_file()
         assert (trial / name / "class_and_ctor_args.pkl").is_file()
+
+
+def last_table(text: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows ({header: cell}) of the last progress table printed in `text`."""
+    start = text.rindex("== Status ==")
+    lines = [line for line in text[start:].splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+            for line in lines[1:]]
+    return header, rows
+
+
+def test_train_prints_the_progress_table_of_the_classic_cli(trained):
+    (trial,) = trial_dirs(trained)
+    last = results_of(trial)[-1]
+    header, (row,) = last_table((trained.parent / "stdout.txt").read_text())
+    assert header == ["trial", "status", "iter", "env steps", "train steps", "return",
+                      "eval return", "total loss", "env steps/s", "learner idle"]
+    assert row["status"] == "TERMINATED" and row["iter"] == "2"
+    assert row["env steps"] == str(round(last["num_env_steps_sampled_lifetime"]))
+    assert row["train steps"] == str(round(last["training_steps_done"]))
+    assert row["return"] == f"{last['env_runners']['episode_return_mean']:.1f}"
+    evaluation = last["evaluation"]["env_runners"]["episode_return_mean"]
+    assert row["eval return"] == f"{evaluation:.1f}"
+    assert row["total loss"] == f"{last['learners']['default_policy']['total_loss']:.4g}"
+    assert row["env steps/s"] == f"{last['env_steps_per_s']:.1f}"
+    assert row["learner idle"] == f"{last['learner_idle_share']:.0%}"
+
+
+def test_progress_table_of_the_real_results(trained):
+    """Each real result through the reporter: iteration 1 (no learning yet) leaves blanks."""
+    from ray.tune.experiment import Trial
+
+    from rllib_barlowzero.cli import ProgressTable
+
+    (trial_dir,) = trial_dirs(trained)
+    first, second = results_of(trial_dir)
+    trial = Trial("BarlowZero", stub=True)
+    trial.set_status(Trial.RUNNING)
+    trial.update_last_result(first)
+    _, (row,) = last_table(ProgressTable().format([trial]))
+    assert row["iter"] == "1" and row["train steps"] == "0"
+    assert row["return"] == f"{first['env_runners']['episode_return_mean']:.1f}"
+    assert row["total loss"] == "" and row["learner idle"] == ""
+    trial.update_last_result(second)
+    _, (row,) = last_table(ProgressTable().format([trial]))
+    assert row["iter"] == "2" and row["total loss"] != "" and row["learner idle"] != ""
 
 
 def test_train_writes_loss_tags_to_tensorboard_once(trained):
@@ -173,6 +221,9 @@ def test_evaluate_prints_table_1_and_writes_json(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for row in ("max", "mean", "median", "min", "std"):
         assert any(line.split()[:1] == [row] for line in done.stdout.splitlines()), row
+    # CartPole-v1's time limit (500) is far away: no game was cut.
+    assert "games cut at the move cap: 0 of 2 (0%)" in done.stdout
+    assert "games [" not in done.stderr  # the progress bar is for terminals only
     report = json.loads(out.read_text())
     assert report["env"] == "CartPole-v1" and report["episodes"] == 2
     assert len(report["scores"]) == 2 and len(report["lengths"]) == 2

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pty
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -60,24 +62,53 @@ def breakout_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+def run_on_terminal(args: list[str], timeout: float = 300) -> tuple[int, str, str]:
+    """Runs `args` with stderr on a pseudo-terminal; returns (exit status, stdout, stderr)."""
+    master, terminal = pty.openpty()
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal closed
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=terminal,
+                              text=True, timeout=timeout)
+    finally:
+        os.close(terminal)
+        reader.join(timeout=10)
+        os.close(master)
+    return done.returncode, done.stdout, b"".join(chunks).decode(errors="replace")
+
+
 def test_evaluate_plays_whole_atari_games_and_records_a_gif(breakout_checkpoint, tmp_path):
     out, video = tmp_path / "scores.json", tmp_path / "game.gif"
-    done = subprocess.run(
+    returncode, stdout, stderr = run_on_terminal(
         [RLLIB, "evaluate", str(breakout_checkpoint), "--episodes", "2", "--out", str(out),
          "--video", str(video)],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "BarlowZero on BreakoutNoFrameskip-v4: 2 games" in done.stdout
-    assert "games [" in done.stderr  # the progress bar
+    assert returncode == 0, stderr[-3000:]
+    assert "BarlowZero on BreakoutNoFrameskip-v4: 2 games" in stdout
+    # On a terminal, the progress bar moves at each game's end.
+    bar = [line for line in stderr.replace("\r\n", "\n").replace("\n", "\r").split("\r")
+           if line.startswith("games [")]
+    assert [line.split()[2] for line in bar] == ["1/2", "2/2"], stderr[-3000:]
     report = json.loads(out.read_text())
     # Evaluation games are whole games (no episodic life) cut at max_moves, with raw scores.
     assert report["lengths"] == [MAX_MOVES, MAX_MOVES]
     # Both were cut at the move cap, and the report says so.
     assert report["truncated"] == 2 and report["truncated_share"] == 1.0
-    assert "games cut at the move cap: 2 / 2 (100%)" in done.stdout
+    assert "games cut at the move cap: 2 of 2 (100%)" in stdout
     assert all(score >= 0 for score in report["scores"])
-    assert f"(one game: score {report['scores'][0]:g}, {MAX_MOVES} steps)" in done.stdout
+    assert f"(one game: score {report['scores'][0]:g}, {MAX_MOVES} steps)" in stdout
     # The GIF shows the full-resolution screen, one frame per agent step plus the first, 40 ms
     # each (identical consecutive frames are merged into one longer frame).
     frames = iio.imread(video, index=None)
@@ -144,4 +175,5 @@ def test_table_counts_the_games_cut_at_the_move_cap():
         "checkpoint": None, "score": stats, "length": stats, "truncated": 3,
         "truncated_share": 3 / 32,
     }
-    assert format_table(report).splitlines()[-1] == "games cut at the move cap: 3 / 32 (9%)"
+    assert format_table(report).splitlines()[-1] == "games cut at the move cap: 3 of 32 (9%)"
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections import Counter
 
 import gymnasium as gym
@@ -223,7 +224,10 @@ def test_algorithm_evaluate_reports_exactly_the_kept_episodes(algo):
         assert evaluation["num_episodes_truncated"] == 0
 
 
-def test_play_games_plays_exactly_the_quota_and_moves_the_bar_for_kept_games(algo, capsys):
+def test_play_games_plays_exactly_the_quota_and_moves_the_bar_for_kept_games(
+    algo, capsys, monkeypatch
+):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar is drawn on terminals
     report = play_games(algo, episodes=EPISODES)
     expected = first_per_slot(algo.eval_env_runner, [2] * NUM_ENVS)
     lengths = sorted(length for length, _ in expected.values())
@@ -251,7 +255,7 @@ def test_truncated_games_are_counted():
 
         report = play_games(algo, episodes=EPISODES, progress=False)
         assert report["truncated"] == 2 and report["truncated_share"] == 2 / EPISODES
-        assert "games cut at the move cap: 2 / 8 (25%)" in format_table(report)
+        assert "games cut at the move cap: 2 of 8 (25%)" in format_table(report)
     finally:
         algo.stop()
 

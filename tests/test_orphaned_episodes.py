@@ -19,11 +19,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 NUM_ENVS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def check_buffer(algo: Algorithm) -> None:
