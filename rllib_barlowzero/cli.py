@@ -92,6 +92,10 @@ class Experiment:
 
 def load_yaml(path: str) -> dict[str, Any]:
     """Reads a YAML experiment file; a missing file or a YAML error becomes a `UserError`."""
+    if os.path.isdir(path):
+        yamls = sorted(f for f in os.listdir(path) if f.endswith((".yaml", ".yml")))
+        hint = f" (it holds {', '.join(yamls[:5])})" if yamls else ""
+        raise UserError(f"{path}: is a directory; give one YAML experiment file{hint}")
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
     try:
@@ -263,11 +267,30 @@ def check_env(env: Any, experiment: str | None = None) -> None:
             register_minatar_envs(env)
         except ImportError as e:
             raise UserError(f"{where}{e}") from None
-    if _global_registry.contains(ENV_CREATOR, env) or env in gym.registry or ":" in env:
+    if _global_registry.contains(ENV_CREATOR, env) or ":" in env:
+        return
+    if env in gym.registry:
+        _check_discrete_actions(env, where)
         return
     close = difflib.get_close_matches(env, list(gym.registry), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise UserError(f"{where}unknown env '{env}'{hint}")
+
+
+def _check_discrete_actions(env_id: str, where: str) -> None:
+    """Refuses a gymnasium env whose actions BarlowZero cannot search (it needs Discrete)."""
+    try:
+        env = gym.make(env_id)
+    except Exception:  # let the trial report envs that cannot even be made here
+        return
+    try:
+        if not isinstance(env.action_space, gym.spaces.Discrete):
+            raise UserError(
+                f"{where}env '{env_id}' has actions {env.action_space}; BarlowZero's search "
+                "needs a Discrete action space"
+            )
+    finally:
+        env.close()
 
 
 class _QuietRLlib:

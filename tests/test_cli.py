@@ -269,6 +269,10 @@ def test_yaml_mistakes_give_one_line_and_exit_2(yaml_file, expected):
     ("argv", "expected"),
     [
         (["train", "file", "tests/data/missing.yaml"], "missing.yaml: no such file"),
+        (["train", "file", "tests/data"], "tests/data: is a directory; give one YAML experiment"),
+        (["train", "file", "tests/data/tiny.yaml", "--config", '{"env": "Pendulum-v1"}'],
+         "env 'Pendulum-v1' has actions Box(-2.0, 2.0, (1,), float32); BarlowZero's search "
+         "needs a Discrete action space"),
         (["train", "file", "tests/data/no_run.yaml"], "has no 'run'"),
         (["train", "file", "tests/data/unknown_run.yaml"],
          "unknown algorithm run: BarlowZer0 (did you mean 'BarlowZero'?); known: BarlowZero, "),
