@@ -86,7 +86,7 @@ from ray.rllib.utils.metrics import TIMERS
 
 from rllib_barlowzero import BarlowZeroConfig
 from rllib_barlowzero.barlowzero import add_episode_chunk
-from rllib_barlowzero.cli import load_yaml
+from rllib_barlowzero.experiments import load_yaml
 from rllib_barlowzero.torch.search import search
 
 STARTED = time.monotonic()

@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from rllib_barlowzero.cli import UserError, load_yaml, parse_json_arg
+from rllib_barlowzero.experiments import UserError, load_yaml, parse_json_arg
 
 ROOT = Path(__file__).resolve().parents[1]
 COEFF_KEYS = ("consistency_loss_coeff", "policy_loss_coeff", "value_loss_coeff")

@@ -47,6 +47,8 @@ from rllib_barlowzero.env_runner import episode_quotas
 __all__ = [
     "CheckpointError",
     "EvaluateError",
+    "check_checkpoint_files",
+    "check_module_files",
     "find_checkpoint",
     "format_table",
     "load_algorithm",
@@ -85,7 +87,91 @@ def _checkpoint_info(path: Path) -> dict[str, Any]:
         with open(path / "class_and_ctor_args.pkl", "rb") as f:
             return pickle.load(f)
     except Exception as e:  # unpickling runs arbitrary imports; report any failure in one line
-        raise CheckpointError(f"{path}: cannot read class_and_ctor_args.pkl: {e}") from None
+        raise CheckpointError(
+            f"{path}: damaged checkpoint: class_and_ctor_args.pkl is unreadable "
+            f"(pickle: {_first_line(e)})"
+        ) from None
+
+
+# Files already read whole in this process: (path, size, mtime) -> None (see `_check_file`).
+_CHECKED_FILES: dict[tuple[str, int, int], None] = {}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _check_file(root: Path, rel: str) -> None:
+    """Raises a one-line `CheckpointError` if `root / rel` is missing or does not load whole
+    (a `.json` file as JSON, a `.msgpack` file as msgpack, any other as a pickle)."""
+    path = root / rel
+    if not path.is_file():
+        raise CheckpointError(f"{root}: damaged checkpoint: {rel} is missing")
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _CHECKED_FILES:
+        return
+    try:
+        with open(path, "rb") as f:
+            if path.suffix == ".json":
+                kind = "JSON"
+                json.load(f)
+            elif path.suffix == ".msgpack":
+                kind = "msgpack"
+                import msgpack
+
+                msgpack.load(f, strict_map_key=False)
+            else:
+                kind = "pickle"
+                pickle.load(f)
+    except Exception as e:  # truncated, garbled, or unpickling failed: report in one line
+        raise CheckpointError(
+            f"{root}: damaged checkpoint: {rel} is unreadable ({kind}: {_first_line(e)})"
+        ) from None
+    _CHECKED_FILES[key] = None
+
+
+def _state_file(directory: Path, stem: str) -> str:
+    """The name of the state file `stem`.pkl (or `stem`.msgpack, if that one is there)."""
+    return f"{stem}.msgpack" if (directory / f"{stem}.msgpack").is_file() else f"{stem}.pkl"
+
+
+def check_module_files(module: Path, root: Path | None = None) -> None:
+    """Checks the files an RLModule directory is loaded from: `class_and_ctor_args.pkl` and
+    `module_state.pkl` must load whole, `metadata.json` (if there) must be JSON.
+
+    Raises `CheckpointError` (one line naming the file, relative to `root`) otherwise.
+    """
+    module, root = Path(module), Path(root if root is not None else module)
+    prefix = module.relative_to(root).as_posix()
+
+    def rel(name: str) -> str:
+        return name if prefix == "." else f"{prefix}/{name}"
+
+    if (module / "metadata.json").exists():
+        _check_file(root, rel("metadata.json"))
+    _check_file(root, rel("class_and_ctor_args.pkl"))
+    _check_file(root, rel(_state_file(module, "module_state")))
+
+
+def check_checkpoint_files(checkpoint: str | Path) -> None:
+    """Checks, before anything is built, every file of the Algorithm checkpoint that evaluation
+    reads: `rllib_checkpoint.json`, `class_and_ctor_args.pkl`, the RLModule directory
+    (`check_module_files`) and the evaluation env runner's connector states. Not the algorithm
+    state (replay buffer), the learner's optimizer state or the training env runners.
+
+    Raises `CheckpointError` with one line naming the missing or unreadable file.
+    """
+    root = Path(checkpoint)
+    for name in CHECKPOINT_FILES:
+        _check_file(root, name)
+    check_module_files(module_dir(str(root)), root)
+    for component in (COMPONENT_ENV_TO_MODULE_CONNECTOR, COMPONENT_MODULE_TO_ENV_CONNECTOR):
+        saved = root / COMPONENT_EVAL_ENV_RUNNER / component
+        if saved.is_dir():
+            _check_file(root, f"{COMPONENT_EVAL_ENV_RUNNER}/{component}/"
+                        f"{_state_file(saved, 'state')}")
 
 
 def find_checkpoint(path: str) -> str:
@@ -114,6 +200,7 @@ def find_checkpoint(path: str) -> str:
     if not (isinstance(cls, type) and issubclass(cls, BarlowZero)):
         name = getattr(cls, "__name__", repr(cls))
         raise CheckpointError(f"{root} is a {name} checkpoint, not a BarlowZero one")
+    check_checkpoint_files(root)
     return str(root)
 
 
@@ -148,12 +235,12 @@ def evaluation_config(
         },
     )
     if env is not None:
-        from rllib_barlowzero.cli import UserError, check_env
+        from rllib_barlowzero.experiments import UserError, check_env
 
         try:
             check_env(env)
         except UserError as e:
-            raise EvaluateError(f"--env: {e}") from None
+            raise EvaluateError(f"env {env!r} for evaluation: {e}") from None
         config["env"] = env
     if seed is not None:
         config["seed"] = seed
@@ -164,7 +251,7 @@ def module_dir(checkpoint: str) -> Path:
     """The directory of the RLModule (the learner's `default_policy`) inside an Algorithm
     checkpoint: the only part of the checkpoint evaluation reads."""
     path = Path(checkpoint) / MODULE_COMPONENT
-    if not (path / "class_and_ctor_args.pkl").is_file():
+    if not path.is_dir():
         raise CheckpointError(f"{checkpoint} holds no RLModule (no {MODULE_COMPONENT})")
     return path
 

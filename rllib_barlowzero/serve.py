@@ -579,22 +579,49 @@ def resolve_module_dir(checkpoint: str | Path) -> Path:
     checkpoint, or an RLModule directory (``module.save_to_path``). Only this directory is read
     to serve (see `load_module`).
 
+    The files read to serve are checked up front, in the calling process: the module's
+    ``class_and_ctor_args.pkl`` and ``module_state.*`` must load whole (``metadata.json``, if
+    there, must be JSON), and so must an Algorithm checkpoint's ``rllib_checkpoint.json`` and
+    ``class_and_ctor_args.pkl`` (its config, read by `read_num_frames`).
+
     Raises:
-        FileNotFoundError: naming the places looked at.
+        FileNotFoundError: naming the places looked at (no checkpoint there).
+        rllib_barlowzero.evaluate.CheckpointError: one line naming a missing or unreadable file.
     """
+    from rllib_barlowzero.evaluate import (
+        CHECKPOINT_FILES,
+        CheckpointError,
+        _check_file,
+        check_module_files,
+    )
+
     root = Path(checkpoint).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(root)!r} does not exist")
+    algorithm = (root / "rllib_checkpoint.json").exists()
     for sub in _MODULE_SUBDIRS:
         candidate = root / sub if sub else root
-        if (candidate / "class_and_ctor_args.pkl").is_file() and any(
-            p.name.startswith("module_state") for p in candidate.iterdir()
-        ):
-            return candidate
+        if not _holds_module_files(candidate):
+            if algorithm:  # an Algorithm checkpoint's module is only ever in the first place
+                raise CheckpointError(f"{root}: damaged checkpoint: {sub} is missing")
+            continue
+        if sub == _MODULE_SUBDIRS[0]:  # an Algorithm checkpoint: its config is read too
+            for name in CHECKPOINT_FILES:
+                _check_file(root, name)
+        check_module_files(candidate, root)
+        return candidate
     raise FileNotFoundError(
         f"no RLModule checkpoint in {str(root)!r}: looked for class_and_ctor_args.pkl and "
         f"module_state.* in {[s or '.' for s in _MODULE_SUBDIRS]}; pass an Algorithm checkpoint "
         "(algo.save_to_path) or an RLModule directory (module.save_to_path)"
+    )
+
+
+def _holds_module_files(directory: Path) -> bool:
+    """Whether `directory` holds any file of an RLModule checkpoint (then it is checked)."""
+    return directory.is_dir() and any(
+        p.name == "class_and_ctor_args.pkl" or p.name.startswith("module_state")
+        for p in directory.iterdir()
     )
 
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rllib_barlowzero.cli import (
+from rllib_barlowzero.cli import main
+from rllib_barlowzero.experiments import (
     config_variants,
     load_experiments,
-    main,
     make_experiment,
     to_tune_search_spaces,
 )

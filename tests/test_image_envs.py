@@ -242,7 +242,7 @@ def test_minatar_ids():
 
 
 def test_missing_minatar_names_the_install_command(monkeypatch):
-    from rllib_barlowzero.cli import UserError, check_env
+    from rllib_barlowzero.experiments import UserError, check_env
 
     for key in [k for k in gym.registry if k.startswith("MinAtar/")]:
         monkeypatch.delitem(gym.registry, key)
@@ -273,7 +273,7 @@ def test_minatar_registers_on_first_use_and_becomes_uint8_frames():
 
 def test_cli_accepts_minatar_ids():
     pytest.importorskip("minatar")
-    from rllib_barlowzero.cli import UserError, check_env
+    from rllib_barlowzero.experiments import UserError, check_env
 
     check_env("MinAtar/SpaceInvaders-v1", "x")
     with pytest.raises(UserError, match="did you mean 'MinAtar/Breakout-v1'"):
@@ -282,7 +282,7 @@ def test_cli_accepts_minatar_ids():
 
 def test_yaml_experiment_with_a_minatar_env_passes_the_checks():
     pytest.importorskip("minatar")
-    from rllib_barlowzero.cli import make_experiment
+    from rllib_barlowzero.experiments import make_experiment
 
     spec = {"run": "BarlowZero", "env": "MinAtar/Breakout-v1", "stop": {"training_iteration": 1},
             "config": {"env_config": {"sticky_action_prob": 0.0}, "max_moves": 100}}
