@@ -25,7 +25,8 @@ stage, and prints each figure as it is measured. Figures:
    that many workers gets the filled buffer (`replay_buffer.set_state`), runs `_train` twice to
    warm up (worker start, first searches), then `_train(n)` with n sized to the stage's time box;
    `("reanalyze", "batches_per_s")`, `learner_steps_per_s` and `learner_idle_share` are read from
-   `algo.metrics` after that call (the pipelined figures of the training loop).
+   `algo.metrics` after that call (the pipelined pace and idle share of the training loop, and the
+   reanalyze capacity: workers / mean seconds per batch).
 4. Learner (`learner`): the best pipelined learner steps/s over the worker counts, and its idle
    share.
 5. Projection (`projected`): wall time of `tuned_examples/breakout.yaml` (its `total_env_steps`

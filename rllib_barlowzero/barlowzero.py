@@ -701,7 +701,10 @@ class BarlowZero(Algorithm):
         self.metrics.log_value((TIMERS, "learner_wait_s"), wait_s / num_updates, window=1)
         self.metrics.log_value("learner_idle_share", wait_s / (wait_s + update_s), window=1)
         self.metrics.log_value("learner_steps_per_s", num_updates / elapsed, window=1)
-        self.metrics.log_value(("reanalyze", "batches_per_s"), num_updates / elapsed, window=1)
+        # Reanalyze capacity (what the makers could deliver), not the pipelined pace, which is
+        # learner_steps_per_s.
+        capacity = max(1, queue.num_workers) * num_updates / reanalyze_s if reanalyze_s else 0.0
+        self.metrics.log_value(("reanalyze", "batches_per_s"), capacity, window=1)
         self.metrics.log_value(("reanalyze", "queue_depth_mean"), depth / num_updates, window=1)
         self.metrics.log_value(("reanalyze", "num_workers"), queue.num_workers, window=1)
         self.metrics.log_value(("reanalyze", "worker_restarts"), queue.restarts - restarts_before,
