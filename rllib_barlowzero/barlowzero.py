@@ -28,6 +28,7 @@ from ray.rllib.utils.metrics import (
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.registry import register_env
 
+from rllib_barlowzero.columns import BarlowZeroColumns
 from rllib_barlowzero.env.atari import atari_env_creator, is_atari_env_id
 from rllib_barlowzero.env.frame_stacking import FrameStackingEnvToModule
 from rllib_barlowzero.env.gymnasium_env import make_gym_env
@@ -39,8 +40,6 @@ from rllib_barlowzero.replay_buffer import GameSegmentReplayBuffer, annealed_bet
 from rllib_barlowzero.streams import run_seed
 from rllib_barlowzero.tensorboard import TensorBoardCallback
 from rllib_barlowzero.torch.augmentations import AUGMENTATIONS
-from rllib_barlowzero.torch.barlowzero_torch_learner import NEW_PRIORITIES
-from rllib_barlowzero.torch.barlowzero_torch_rl_module import MCTS_POLICY, ROOT_VALUE
 from rllib_barlowzero.torch.losses import CONSISTENCY_LOSSES
 
 LR_SCHEDULES = ("cosine", "step", "constant")
@@ -102,6 +101,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "state_normalization": False,
     # Reanalyze searches with root Dirichlet noise, as EfficientZero and LightZero do.
     "reanalyze_noise": True,
+    # Acting temperature on visit counts: None is EfficientZero's schedule (1.0, then 0.5 at 50%
+    # and 0.25 at 75% of training_steps); a number holds that temperature (LightZero: 0.25).
+    "fixed_temperature": None,
     # Vector observations (classic control) use an MLP representation of these widths.
     "mlp_hidden_layers": [64, 64],
     # Reanalyze on Ray actors (0: one thread in the driver) and batches in flight.
@@ -152,6 +154,7 @@ MODEL_KEYS = (
     "value_delta_max",
     "lstm_horizon_len",
     "training_steps",
+    "fixed_temperature",
 )
 
 
@@ -269,6 +272,7 @@ class BarlowZeroConfig(AlgorithmConfig):
         support_size: int = NotProvided,
         state_normalization: bool = NotProvided,
         reanalyze_noise: bool = NotProvided,
+        fixed_temperature: float | None = NotProvided,
         mlp_hidden_layers: list[int] = NotProvided,
         num_reanalyze_workers: int = NotProvided,
         num_cpus_per_reanalyze_worker: float = NotProvided,
@@ -308,6 +312,9 @@ class BarlowZeroConfig(AlgorithmConfig):
             state_normalization: min-max normalise hidden states per sample (MuZero); off by
                 default, as EfficientZero's Atari model.
             reanalyze_noise: reanalyze searches with root Dirichlet noise (EfficientZero: on).
+            fixed_temperature: None samples actions from visit counts with EfficientZero's
+                temperature schedule over `training_steps` (1.0, 0.5 from 50%, 0.25 from 75%);
+                a number > 0 holds that temperature for the whole run (LightZero's default 0.25).
             num_reanalyze_workers: Ray actors making training batches, each with a target-model
                 copy (0: one thread in the driver). A seed gives the same run whatever the
                 number (with the same `reanalyze_queue_size`).
@@ -451,6 +458,10 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
     for key in ("state_normalization", "reanalyze_noise", "mixed_precision"):
         if not isinstance(getattr(config, key), bool):
             fail(key, "True or False")
+    if config.fixed_temperature is not None and (
+        not _is_real(config.fixed_temperature) or config.fixed_temperature <= 0
+    ):
+        fail("fixed_temperature", "None (EfficientZero's schedule) or a number > 0")
     if not isinstance(config.augmentation, list | tuple) or any(
         a not in AUGMENTATIONS for a in config.augmentation
     ):
@@ -682,12 +693,13 @@ class BarlowZero(Algorithm):
                 )
                 update_s += time.perf_counter() - start
                 priorities = np.concatenate(
-                    [np.asarray(r[DEFAULT_MODULE_ID].pop(NEW_PRIORITIES).peek()).reshape(-1)
-                     for r in results]
+                    [np.asarray(r[DEFAULT_MODULE_ID].pop(BarlowZeroColumns.NEW_PRIORITIES).peek())
+                     .reshape(-1) for r in results]
                 )
                 self.replay_buffer.update_priorities(windows.indices, priorities)
                 self.metrics.aggregate(results, key=LEARNER_RESULTS)
-                self.metrics.log_value("td_steps_mean", float(batch["td_steps"].mean()), window=1)
+                self.metrics.log_value("td_steps_mean",
+                                       float(batch[BarlowZeroColumns.TD_STEPS].mean()), window=1)
                 self._training_steps_done += 1
                 if self._training_steps_done % cfg.target_update_interval == 0:
                     queue.set_target_weights(self._next_target_weights)
@@ -714,8 +726,10 @@ class BarlowZero(Algorithm):
 
     def _log_search_statistics(self, episodes: list[Any]) -> None:
         """Mean root value and visit-count entropy of the searches that played `episodes`."""
-        policies = [np.asarray(e.get_extra_model_outputs(MCTS_POLICY)) for e in episodes if len(e)]
-        values = [np.asarray(e.get_extra_model_outputs(ROOT_VALUE)) for e in episodes if len(e)]
+        policies = [np.asarray(e.get_extra_model_outputs(BarlowZeroColumns.MCTS_POLICY))
+                    for e in episodes if len(e)]
+        values = [np.asarray(e.get_extra_model_outputs(BarlowZeroColumns.ROOT_VALUE))
+                  for e in episodes if len(e)]
         if not policies:
             return
         policy = np.concatenate(policies)
@@ -814,8 +828,10 @@ def add_episode_chunk(buffer: GameSegmentReplayBuffer, episode: Any, collected_a
         observations=np.asarray(episode.get_observations()),
         actions=actions,
         rewards=np.asarray(episode.get_rewards(), dtype=np.float32),
-        mcts_policy=np.asarray(episode.get_extra_model_outputs(MCTS_POLICY), dtype=np.float32),
-        root_values=np.asarray(episode.get_extra_model_outputs(ROOT_VALUE), dtype=np.float32),
+        mcts_policy=np.asarray(episode.get_extra_model_outputs(BarlowZeroColumns.MCTS_POLICY),
+                               dtype=np.float32),
+        root_values=np.asarray(episode.get_extra_model_outputs(BarlowZeroColumns.ROOT_VALUE),
+                               dtype=np.float32),
         terminated=bool(episode.is_terminated),
         truncated=bool(episode.is_truncated),
         collected_at=collected_at,

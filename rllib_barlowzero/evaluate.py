@@ -41,6 +41,7 @@ from ray.rllib.core import (
     COMPONENT_RL_MODULE,
     DEFAULT_MODULE_ID,
 )
+from ray.rllib.core.columns import Columns
 
 from rllib_barlowzero.env_runner import episode_quotas
 
@@ -593,8 +594,8 @@ def record_video(
         while not done and (max_steps is None or steps < max_steps):
             stacked = stack_frames(np.stack(history), n - 1, n)
             with torch.no_grad():
-                out = module.forward_inference({"obs": torch.as_tensor(stacked[None])})
-            action = int(np.asarray(out["actions"]).reshape(-1)[0])
+                out = module.forward_inference({Columns.OBS: torch.as_tensor(stacked[None])})
+            action = int(np.asarray(out[Columns.ACTIONS]).reshape(-1)[0])
             obs, reward, terminated, truncated, _ = game.step(action)
             history.append(obs)
             frames.append(np.asarray(render()))

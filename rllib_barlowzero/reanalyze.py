@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.rllib.core.columns import Columns
 
+from rllib_barlowzero.columns import BarlowZeroColumns
 from rllib_barlowzero.env.frame_stacking import stack_frames
 from rllib_barlowzero.replay_buffer import SampledWindows
 from rllib_barlowzero.streams import REANALYZE_STREAM
@@ -122,17 +124,17 @@ class Reanalyzer:
                 policy[b_idx, k_idx] = visits / visits.sum(axis=1, keepdims=True)
 
         batch = {
-            "obs": obs_steps[:, 0],
-            "actions": targets.actions.astype(np.int64),
-            "target_value": targets.value.astype(np.float32),
-            "target_value_prefix": targets.value_prefix.astype(np.float32),
-            "target_policy": policy.astype(np.float32),
-            "value_mask": targets.value_mask.astype(np.float32),
-            "policy_mask": targets.policy_mask.astype(np.float32),
-            "consistency_mask": targets.consistency_mask.astype(np.float32),
-            "weights": windows.weights.astype(np.float32),
-            "td_steps": n.astype(np.int64),
+            Columns.OBS: obs_steps[:, 0],
+            Columns.ACTIONS: targets.actions.astype(np.int64),
+            BarlowZeroColumns.TARGET_VALUE: targets.value.astype(np.float32),
+            BarlowZeroColumns.TARGET_VALUE_PREFIX: targets.value_prefix.astype(np.float32),
+            BarlowZeroColumns.TARGET_POLICY: policy.astype(np.float32),
+            BarlowZeroColumns.VALUE_MASK: targets.value_mask.astype(np.float32),
+            BarlowZeroColumns.POLICY_MASK: targets.policy_mask.astype(np.float32),
+            BarlowZeroColumns.CONSISTENCY_MASK: targets.consistency_mask.astype(np.float32),
+            BarlowZeroColumns.WEIGHTS: windows.weights.astype(np.float32),
+            BarlowZeroColumns.TD_STEPS: n.astype(np.int64),
         }
         if cfg.consistency_loss != "none":
-            batch["target_obs"] = obs_steps[:, 1:]
+            batch[BarlowZeroColumns.TARGET_OBS] = obs_steps[:, 1:]
         return batch

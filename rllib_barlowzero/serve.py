@@ -95,6 +95,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from rllib_barlowzero.columns import BarlowZeroColumns
+
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_SESSIONS",
@@ -891,12 +893,13 @@ class BarlowZeroDeployment:
 
     def _search(self, observations: np.ndarray) -> list[dict[str, Any]]:
         import torch
+        from ray.rllib.core.columns import Columns
 
-        out = self.module.forward_inference({"obs": torch.from_numpy(observations)})
-        policy = np.asarray(out["mcts_policy"], dtype=np.float64)
+        out = self.module.forward_inference({Columns.OBS: torch.from_numpy(observations)})
+        policy = np.asarray(out[BarlowZeroColumns.MCTS_POLICY], dtype=np.float64)
         visits = np.rint(policy * self.num_simulations).astype(np.int64)
-        actions = np.asarray(out["actions"]).reshape(-1)
-        values = np.asarray(out["root_value"], dtype=np.float64).reshape(-1)
+        actions = np.asarray(out[Columns.ACTIONS]).reshape(-1)
+        values = np.asarray(out[BarlowZeroColumns.ROOT_VALUE], dtype=np.float64).reshape(-1)
         return [
             {
                 "action": int(actions[i]),

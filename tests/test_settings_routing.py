@@ -41,6 +41,7 @@ NON_DEFAULT = dict(
     consistency_loss="barlow", barlow_lambda=0.004, num_simulations=6, dirichlet_alpha=0.2,
     root_exploration_fraction=0.3, pb_c_base=19000, pb_c_init=1.2, value_delta_max=0.02,
     support_size=9, state_normalization=True, reanalyze_noise=False, mlp_hidden_layers=[30],
+    fixed_temperature=0.7,
     target_update_interval=3, lr_warmup_steps=7, replay_capacity=5000, replay_ratio=0.15,
     num_steps_sampled_before_learning_starts=90, total_env_steps=99_000,
     num_reanalyze_workers=1, num_cpus_per_reanalyze_worker=0.5,

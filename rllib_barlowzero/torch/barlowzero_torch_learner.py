@@ -9,6 +9,7 @@ import torch
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.utils.typing import ModuleID, TensorType
 
+from rllib_barlowzero.columns import BarlowZeroColumns
 from rllib_barlowzero.torch.losses import (
     barlow_twins_loss,
     categorical_cross_entropy,
@@ -16,8 +17,6 @@ from rllib_barlowzero.torch.losses import (
     simsiam_loss,
     support_to_scalar,
 )
-
-NEW_PRIORITIES = "new_priorities"
 
 
 def learning_rate(config: Any, step: int) -> float:
@@ -97,19 +96,22 @@ class BarlowZeroTorchLearner(TorchLearner):
         fwd_out: dict[str, TensorType],
     ) -> TensorType:
         support = config.support_size
-        num_unroll = fwd_out["value_prefix_logits"].shape[1]
-        value_mask = batch["value_mask"].float()
-        policy_mask = batch["policy_mask"].float()
+        num_unroll = fwd_out[BarlowZeroColumns.VALUE_PREFIX_LOGITS].shape[1]
+        value_mask = batch[BarlowZeroColumns.VALUE_MASK].float()
+        policy_mask = batch[BarlowZeroColumns.POLICY_MASK].float()
 
         value_ce = categorical_cross_entropy(
-            fwd_out["value_logits"], scalar_to_support(batch["target_value"], support)
+            fwd_out[BarlowZeroColumns.VALUE_LOGITS],
+            scalar_to_support(batch[BarlowZeroColumns.TARGET_VALUE], support),
         )  # [B, K+1]
         # The value prefix predicted at k = 1..K sums rewards up to step t+k-1.
         prefix_ce = categorical_cross_entropy(
-            fwd_out["value_prefix_logits"],
-            scalar_to_support(batch["target_value_prefix"][:, 1:], support),
+            fwd_out[BarlowZeroColumns.VALUE_PREFIX_LOGITS],
+            scalar_to_support(batch[BarlowZeroColumns.TARGET_VALUE_PREFIX][:, 1:], support),
         )  # [B, K]
-        policy_ce = categorical_cross_entropy(fwd_out["policy_logits"], batch["target_policy"])
+        policy_ce = categorical_cross_entropy(
+            fwd_out[BarlowZeroColumns.POLICY_LOGITS], batch[BarlowZeroColumns.TARGET_POLICY]
+        )
         value_loss = (value_ce * value_mask).sum(1)
         prefix_loss = (prefix_ce * value_mask[:, :-1]).sum(1)
         policy_loss = (policy_ce * policy_mask).sum(1)
@@ -120,8 +122,9 @@ class BarlowZeroTorchLearner(TorchLearner):
         )
         consistency = torch.zeros((), device=per_sample.device)
         if config.consistency_loss != "none":
-            mask = batch["consistency_mask"].bool()
-            online, target = fwd_out["online_projection"], fwd_out["target_projection"]
+            mask = batch[BarlowZeroColumns.CONSISTENCY_MASK].bool()
+            online = fwd_out[BarlowZeroColumns.ONLINE_PROJECTION]
+            target = fwd_out[BarlowZeroColumns.TARGET_PROJECTION]
             if config.consistency_loss == "simsiam":
                 per_step = torch.stack(
                     [simsiam_loss(online[:, k], target[:, k]) for k in range(num_unroll)], dim=1
@@ -136,7 +139,7 @@ class BarlowZeroTorchLearner(TorchLearner):
                         consistency = consistency + barlow_twins_loss(
                             online[rows, k], target[rows, k], lambd=config.barlow_lambda
                         )
-        weights = batch["weights"].float()
+        weights = batch[BarlowZeroColumns.WEIGHTS].float()
         total = (weights * per_sample).mean()
         if config.consistency_loss == "barlow":
             total = total + config.consistency_loss_coeff * consistency
@@ -144,11 +147,13 @@ class BarlowZeroTorchLearner(TorchLearner):
             total.register_hook(lambda grad: grad / num_unroll)
 
         with torch.no_grad():
-            predicted_value = support_to_scalar(fwd_out["value_logits"][:, 0], support)
-            priorities = (predicted_value - batch["target_value"][:, 0]).abs()
+            predicted_value = support_to_scalar(
+                fwd_out[BarlowZeroColumns.VALUE_LOGITS][:, 0], support
+            )
+            priorities = (predicted_value - batch[BarlowZeroColumns.TARGET_VALUE][:, 0]).abs()
             entropy = -(
-                torch.softmax(fwd_out["policy_logits"][:, 0], -1)
-                * torch.log_softmax(fwd_out["policy_logits"][:, 0], -1)
+                torch.softmax(fwd_out[BarlowZeroColumns.POLICY_LOGITS][:, 0], -1)
+                * torch.log_softmax(fwd_out[BarlowZeroColumns.POLICY_LOGITS][:, 0], -1)
             ).sum(-1)
         log = {
             "total_loss": total,
@@ -157,12 +162,14 @@ class BarlowZeroTorchLearner(TorchLearner):
             "policy_loss": policy_loss.mean(),
             "consistency_loss": consistency,
             "predicted_value_mean": predicted_value.mean(),
-            "target_value_mean": batch["target_value"][:, 0].mean(),
+            "target_value_mean": batch[BarlowZeroColumns.TARGET_VALUE][:, 0].mean(),
             "policy_entropy": entropy.mean(),
         }
         # One device-to-host copy for all scalars (not one sync per metric).
         values = torch.stack([v.detach().float().reshape(()) for v in log.values()]).cpu().tolist()
         for key, value in zip(log, values, strict=True):
             self.metrics.log_value((module_id, key), value, window=1)
-        self.metrics.log_value((module_id, NEW_PRIORITIES), priorities, reduce="item_series")
+        self.metrics.log_value(
+            (module_id, BarlowZeroColumns.NEW_PRIORITIES), priorities, reduce="item_series"
+        )
         return total

@@ -11,6 +11,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
+from rllib_barlowzero.columns import BarlowZeroColumns
 from rllib_barlowzero.torch.augmentations import augment
 from rllib_barlowzero.torch.networks import BarlowZeroNetwork, choose_downsample
 from rllib_barlowzero.torch.search import (
@@ -22,9 +23,6 @@ from rllib_barlowzero.torch.search import (
     slot_generators,
     visit_temperature,
 )
-
-MCTS_POLICY = "mcts_policy"
-ROOT_VALUE = "root_value"
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
@@ -141,15 +139,17 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         policy = (visits / visits.sum(axis=1, keepdims=True)).astype(np.float32)
         if explore:
             temperature = visit_temperature(
-                int(self.gradient_steps), int(self.model_config["training_steps"])
+                int(self.gradient_steps),
+                int(self.model_config["training_steps"]),
+                self.model_config["fixed_temperature"],
             )
             actions = sample_actions(visits, temperature, generators)
         else:
             actions = most_visited_actions(visits, generators)
         return {
             Columns.ACTIONS: actions,
-            MCTS_POLICY: policy,
-            ROOT_VALUE: np.asarray(out.root_values, dtype=np.float32),
+            BarlowZeroColumns.MCTS_POLICY: policy,
+            BarlowZeroColumns.ROOT_VALUE: np.asarray(out.root_values, dtype=np.float32),
         }
 
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
@@ -209,12 +209,12 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
             states.append(state)
 
         out = {
-            "value_logits": torch.stack(all_value, dim=1),
-            "policy_logits": torch.stack(all_policy, dim=1),
-            "value_prefix_logits": torch.stack(all_prefix, dim=1),
+            BarlowZeroColumns.VALUE_LOGITS: torch.stack(all_value, dim=1),
+            BarlowZeroColumns.POLICY_LOGITS: torch.stack(all_policy, dim=1),
+            BarlowZeroColumns.VALUE_PREFIX_LOGITS: torch.stack(all_prefix, dim=1),
         }
         if cfg["consistency_loss"] != "none":
-            target_obs = batch["target_obs"]  # [B, K, *obs_shape]
+            target_obs = batch[BarlowZeroColumns.TARGET_OBS]  # [B, K, *obs_shape]
             if augmented:
                 # One shift and one intensity per sample for all K targets (EfficientZero
                 # augments a sample's whole target stack at once): channels side by side.
@@ -231,6 +231,6 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
             else:
                 # Barlow Twins: symmetric, both branches carry gradient (the paper's point).
                 target = net.project(net.representation(flat_target), branch="target")
-            out["online_projection"] = online.reshape(obs.shape[0], num_unroll, -1)
-            out["target_projection"] = target.reshape(obs.shape[0], num_unroll, -1)
+            out[BarlowZeroColumns.ONLINE_PROJECTION] = online.reshape(obs.shape[0], num_unroll, -1)
+            out[BarlowZeroColumns.TARGET_PROJECTION] = target.reshape(obs.shape[0], num_unroll, -1)
         return out

@@ -98,8 +98,13 @@ def search(
     )
 
 
-def visit_temperature(gradient_steps: int, training_steps: int) -> float:
-    """EfficientZero's visit-count temperature: 1.0, then 0.5 at 50% and 0.25 at 75% of training."""
+def visit_temperature(
+    gradient_steps: int, training_steps: int, fixed_temperature: float | None = None
+) -> float:
+    """The acting temperature: `fixed_temperature` when given, else EfficientZero's schedule
+    (1.0, then 0.5 at 50% and 0.25 at 75% of training)."""
+    if fixed_temperature is not None:
+        return float(fixed_temperature)
     if gradient_steps < 0.5 * training_steps:
         return 1.0
     if gradient_steps < 0.75 * training_steps:
