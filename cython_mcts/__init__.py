@@ -40,6 +40,18 @@ Semantics (see docs/design.md section 3.1; the pure-Python reference lives in
 - `greedy_actions(visit_counts, rng)`: the acting-time greedy action, most visited, ties drawn
   with the caller's numpy Generator.
 
+Gumbel MuZero root search (docs/design.md section 3.1b; reference: `tests/gumbel_reference.py`)::
+
+    from cython_mcts import MCTSConfig, run_gumbel_mcts
+
+    g = rng.gumbel(size=root_logits.shape).astype(np.float32) * gumbel_scale  # zeros: greedy
+    out = run_gumbel_mcts(root_logits, root_values, recurrent_fn, MCTSConfig(num_simulations=16),
+                          g, legal_actions=mask)
+    out.action           # int64 [B]: the action to play
+    out.improved_policy  # float32 [B, A]: softmax(logits + sigma(completed Q)), the policy target
+    out.visit_counts     # int32 [B, A]
+    out.root_values      # float32 [B]
+
 Inputs that are float arrays of another float dtype (float16/float64, or torch CPU tensors)
 are converted to float32; wrong shapes, non-float dtypes and non-finite values raise
 `ValueError`. No torch is imported here.
@@ -47,6 +59,7 @@ are converted to float32; wrong shapes, non-float dtypes and non-finite values r
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -55,9 +68,11 @@ from typing import Any
 
 import numpy as np
 
+from cython_mcts._tree import gumbel_search as _gumbel_search
 from cython_mcts._tree import search as _search
 
-__all__ = ["MCTSConfig", "RecurrentFn", "SearchOutput", "greedy_actions", "run_mcts"]
+__all__ = ["GumbelSearchOutput", "MCTSConfig", "RecurrentFn", "SearchOutput", "greedy_actions",
+           "run_gumbel_mcts", "run_mcts"]
 
 RecurrentFn = Callable[
     [np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -150,6 +165,42 @@ class SearchOutput:
         """float32 [B, A]: visit_counts normalised per root."""
         counts = self.visit_counts.astype(np.float32)
         return counts / counts.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True, eq=False)
+class GumbelSearchOutput:
+    """Result of `run_gumbel_mcts`.
+
+    Attributes:
+        action: int64 [B], the action to play: among the most visited root actions (all of
+            them legal), the one with the highest g + logits + sigma(completed Q) (mctx).
+        improved_policy: float32 [B, A], softmax(logits + sigma(completed Q)) over the legal
+            actions (0 for illegal ones): the policy target of Gumbel MuZero.
+        visit_counts: int32 [B, A], visits of the root's children; each row sums to
+            `num_simulations`, illegal actions get 0.
+        root_values: float32 [B], (root value + every value backed up to the root) /
+            (num_simulations + 1), as `run_mcts`.
+    """
+
+    action: np.ndarray
+    improved_policy: np.ndarray
+    visit_counts: np.ndarray
+    root_values: np.ndarray
+
+
+def _root_shape(root_logits: Any) -> tuple[int, int]:
+    """(B, A) of `root_logits`, or a ValueError unless it is two-dimensional with B, A >= 1."""
+    try:
+        logits_shape = np.shape(root_logits)
+    except Exception as exc:
+        raise ValueError(f"root_logits must be a float32 [B, A] array: {exc}") from exc
+    if len(logits_shape) != 2:
+        raise ValueError(f"root_logits must be a float32 [B, A] array, got shape {logits_shape}")
+    batch, num_actions = (int(n) for n in logits_shape)
+    if batch < 1 or num_actions < 1:
+        raise ValueError(f"root_logits must be a float32 [B, A] array with B >= 1 and A >= 1, "
+                         f"got shape {logits_shape}")
+    return batch, num_actions
 
 
 def _float_array(name: str, value: Any, shape: tuple[int, ...], shape_text: str) -> np.ndarray:
@@ -263,16 +314,7 @@ def run_mcts(
         raise ValueError(f"config must be an MCTSConfig, got {type(config).__name__}")
     if not callable(recurrent_fn):
         raise ValueError(f"recurrent_fn must be callable, got {type(recurrent_fn).__name__}")
-    try:
-        logits_shape = np.shape(root_logits)
-    except Exception as exc:
-        raise ValueError(f"root_logits must be a float32 [B, A] array: {exc}") from exc
-    if len(logits_shape) != 2:
-        raise ValueError(f"root_logits must be a float32 [B, A] array, got shape {logits_shape}")
-    batch, num_actions = (int(n) for n in logits_shape)
-    if batch < 1 or num_actions < 1:
-        raise ValueError(f"root_logits must be a float32 [B, A] array with B >= 1 and A >= 1, "
-                         f"got shape {logits_shape}")
+    batch, num_actions = _root_shape(root_logits)
     seeds = _seed_array(seed, batch)
     logits = _float_array("root_logits", root_logits, (batch, num_actions), "[B, A]")
     values = _float_array("root_values", root_values, (batch,), f"[B={batch}]")
@@ -305,6 +347,147 @@ def run_mcts(
             "(check the model and its inputs)"
         )
     return SearchOutput(visit_counts=counts, root_values=root_value)
+
+
+def _considered_visit_sequence(num_considered: int, num_simulations: int) -> list[int]:
+    """mctx's `get_sequence_of_considered_visits`: at simulation i (0-based) the root picks among
+    its considered actions visited exactly `sequence[i]` times (sequential halving).
+
+    With m <= 1 considered actions the sequence is 0, 1, 2, ... Otherwise the simulations go
+    in rounds: while c actions are still considered (c = m first, then max(2, c // 2) after
+    each round), a round visits each of them max(1, int(n / (ceil(log2 m) * c))) times, one
+    visit per action per pass (the sequence gets c copies of the common visit count per pass);
+    the sequence is cut at n = num_simulations.
+    """
+    if num_considered <= 1:
+        return list(range(num_simulations))
+    log2_m = (num_considered - 1).bit_length()      # ceil(log2(m)) for m >= 2
+    sequence: list[int] = []
+    count = 0
+    considered = num_considered
+    while len(sequence) < num_simulations:
+        passes = max(1, int(num_simulations / (log2_m * considered)))
+        for _ in range(passes):
+            sequence.extend([count] * considered)
+            count += 1
+        considered = max(2, considered // 2)
+    return sequence[:num_simulations]
+
+
+@functools.lru_cache(maxsize=64)
+def _considered_visit_table(rows: int, num_simulations: int) -> np.ndarray:
+    """int32 [rows, num_simulations], row m = `_considered_visit_sequence(m, num_simulations)`
+    (mctx's `get_table_of_considered_visits`); read-only, cached."""
+    table = np.array([_considered_visit_sequence(m, num_simulations) for m in range(rows)],
+                     dtype=np.int32).reshape(rows, num_simulations)
+    table.setflags(write=False)
+    return table
+
+
+def _nonnegative_real(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return value
+
+
+def run_gumbel_mcts(
+    root_logits: np.ndarray,
+    root_values: np.ndarray,
+    recurrent_fn: RecurrentFn,
+    config: MCTSConfig,
+    gumbel: np.ndarray,
+    legal_actions: np.ndarray | None = None,
+    *,
+    max_num_considered_actions: int = 16,
+    value_scale: float = 0.1,
+    maxvisit_init: float = 50.0,
+) -> GumbelSearchOutput:
+    """Gumbel MuZero search (Danihelka et al., ICLR 2022) from each of B roots at once.
+
+    The semantics and defaults of mctx's `gumbel_muzero_policy` with
+    `qtransform_completed_by_mix_value` (docs/design.md section 3.1b), on the tree storage,
+    ids, value-prefix rewards and backups of `run_mcts` (section 3.1):
+
+    - sigma(completed Q) of a node: visited children get Q = reward + discount * mean value,
+      unvisited ones the mixed value (raw value + sum N * sum_visited prior * Q / sum_visited
+      prior) / (sum N + 1); all are rescaled by (q - min) / max(max - min, 1e-8) over the
+      node's actions and multiplied by (maxvisit_init + max N) * value_scale. At the root the
+      illegal actions count in the min and max with the mixed value, as in mctx.
+    - Root: the considered actions are the top min(max_num_considered_actions, legal A) by
+      g + logits; simulation i (0-based) takes, among the legal actions visited exactly
+      `table[num_considered][i]` times (mctx's sequential-halving visit schedule), the one with
+      the highest max(-1e9, g + logits - max legal logit + sigma(q)).
+    - Below the root: argmax of softmax(logits + sigma(q)) - N(a) / (1 + sum N), deterministic.
+    - Every argmax takes the first (lowest) action among equal scores; no random tie-breaking.
+    - Arithmetic in double precision (mctx: float32).
+
+    Args:
+        root_logits: float32 [B, A], prior logits at the roots.
+        root_values: float32 [B], predicted values of the roots.
+        recurrent_fn: as for `run_mcts`: `recurrent_fn(parent_ids, actions, depths)` with
+            int64 [B] arrays, returning `(value_prefix, value, logits)` float32 [B], [B], [B, A].
+        config: an `MCTSConfig`; its `num_simulations`, `discount`, `value_prefix` and
+            `lstm_horizon_len` are used (the pUCT constants, `root_exploration_fraction` and
+            `value_delta_max` are not).
+        gumbel: float32 [B, A], finite, Gumbel(0, 1) noise already multiplied by the Gumbel
+            scale (zeros for greedy play); only the legal actions' entries are read.
+        legal_actions: bool [B, A] (or integer 0/1), the roots' legal actions; None = all.
+            Illegal actions are never visited and get probability 0 in the improved policy.
+        max_num_considered_actions: int >= 1, the number of root actions sequential halving
+            starts from (fewer when a root has fewer legal actions).
+        value_scale: finite >= 0, sigma's scale of the Q values (0: the improved policy is the
+            prior).
+        maxvisit_init: finite >= 0, sigma's offset added to the largest visit count.
+
+    Returns:
+        `GumbelSearchOutput` with `action` int64 [B], `improved_policy` float32 [B, A],
+        `visit_counts` int32 [B, A] and `root_values` float32 [B].
+
+    Raises:
+        ValueError: on a wrong shape/dtype, a non-finite value (root logits, root values,
+            gumbel), an all-illegal root, a non-callable `recurrent_fn`, a bad output of it,
+            a bad `max_num_considered_actions`, `value_scale` or `maxvisit_init`, or root
+            values that overflow to infinity in the backups.
+    """
+    if not isinstance(config, MCTSConfig):
+        raise ValueError(f"config must be an MCTSConfig, got {type(config).__name__}")
+    if not callable(recurrent_fn):
+        raise ValueError(f"recurrent_fn must be callable, got {type(recurrent_fn).__name__}")
+    m = max_num_considered_actions
+    if isinstance(m, (bool, np.bool_)) or not isinstance(m, numbers.Integral) or int(m) < 1:
+        raise ValueError(f"max_num_considered_actions must be an int >= 1, got {m!r}")
+    value_scale = _nonnegative_real("value_scale", value_scale)
+    maxvisit_init = _nonnegative_real("maxvisit_init", maxvisit_init)
+    if not math.isfinite((maxvisit_init + config.num_simulations) * value_scale):
+        raise ValueError(f"(maxvisit_init + num_simulations) * value_scale must be finite, got "
+                         f"({maxvisit_init} + {config.num_simulations}) * {value_scale}")
+    batch, num_actions = _root_shape(root_logits)
+    logits = _float_array("root_logits", root_logits, (batch, num_actions), "[B, A]")
+    values = _float_array("root_values", root_values, (batch,), f"[B={batch}]")
+    noise = _float_array("gumbel", gumbel, (batch, num_actions), f"[B={batch}, A={num_actions}]")
+    if legal_actions is None:
+        mask = np.ones((batch, num_actions), dtype=np.uint8)
+    else:
+        mask = _legal_mask(legal_actions, (batch, num_actions))
+    num_considered = np.minimum(min(int(m), num_actions), mask.sum(axis=1)).astype(np.int32)
+    table = _considered_visit_table(int(num_considered.max()) + 1, config.num_simulations)
+    counts, root_value, policy, action = _gumbel_search(
+        logits, values, recurrent_fn, config.num_simulations, config.discount,
+        config.value_prefix, config.lstm_horizon_len, noise, mask, num_considered, table,
+        value_scale, maxvisit_init,
+    )
+    bad = np.flatnonzero(~np.isfinite(root_value))
+    if bad.size:
+        raise ValueError(
+            f"run_gumbel_mcts: the root value of root(s) {bad.tolist()} is not finite although "
+            "every model output was: the values or value prefixes are too large for float32 "
+            "backups (check the model and its inputs)"
+        )
+    return GumbelSearchOutput(action=action, improved_policy=policy, visit_counts=counts,
+                              root_values=root_value)
 
 
 def greedy_actions(visit_counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:

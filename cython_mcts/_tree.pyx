@@ -1,6 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""Compiled batched MCTS: the search loop of `cython_mcts.run_mcts`.
+"""Compiled batched MCTS: the search loops of `cython_mcts.run_mcts` (pUCT, `search`) and of
+`cython_mcts.run_gumbel_mcts` (Gumbel MuZero, `gumbel_search`, at the end of this file; it shares
+the tree layout and the checks of `recurrent_fn`'s outputs, and has no tie generator).
 
 Every root `b` owns `M = num_simulations + 1` node slots; node `s` of root `b` is the node made
 by simulation `s` (node 0 is the root), so a node's id is also the id of its hidden state that
@@ -550,3 +552,513 @@ def search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn
                     counts_p[b * A + a] = st.visits[b * M + ch]
             values_p[b] = <float>(st.value_sum[b * M] / st.visits[b * M])
     return counts, values
+
+
+# ============================================================================================
+# Gumbel MuZero root search (`cython_mcts.run_gumbel_mcts`; docs/design.md section 3.1b).
+#
+# Same node storage, ids, value-prefix rewards and backups as the pUCT search above; what
+# differs is selection (sequential halving with Gumbel at the root, the deterministic
+# "improved policy minus visit share" rule below it) and that no min-max statistics are kept:
+# each node's Q values are rescaled by the min and max of its own completed Q values (mctx's
+# `qtransform_completed_by_mix_value`). Selection is deterministic (argmax, first index wins),
+# so there is no tie generator. Arithmetic is in double precision, in the operation order of
+# `tests/gumbel_reference.py`.
+# ============================================================================================
+
+from libc.float cimport DBL_MIN
+
+cdef double GUMBEL_EPSILON = 1e-8      # mctx: minimum denominator of the Q rescaling
+cdef double GUMBEL_LOW_LOGIT = -1e9    # mctx `score_considered`: floor of g + logits + sigma(q)
+
+
+cdef struct GSearch:
+    intp B
+    intp A
+    intp M                      # node slots per root (num_simulations + 1)
+    intp S                      # num_simulations (row length of the visit table)
+    double discount
+    bint value_prefix
+    intp horizon
+    double value_scale
+    double maxvisit_init
+    # Per edge [B, M, A].
+    int32_t* child              # node id of the child, 0 when not expanded
+    double* logit               # prior logits of the node (root: legal actions only)
+    double* prior               # softmax of them (root: over the legal actions, 0 elsewhere)
+    # Per node [B, M].
+    int32_t* visits
+    double* value_sum
+    double* raw                 # the value predicted for the node (root value / recurrent_fn)
+    double* reward
+    double* prefix
+    int32_t* depth
+    int32_t* parent
+    # Per root [B].
+    int32_t* pend_parent
+    int32_t* pend_action
+    double* shift               # the largest legal root logit
+    const int32_t* ncons        # number of considered actions, min(max considered, legal A)
+    const uint8_t* legal        # [B, A]
+    const float* gumbel         # [B, A]
+    const int32_t* table        # [R, S] visit table: row m = sequence for m considered actions
+    double* cq                  # [A] scratch: completed Q values
+    double* zbuf                # [A] scratch
+
+
+cdef void completed_q(const GSearch* st, intp b, intp node, double* out) noexcept nogil:
+    """sigma(completed Q) of every action of `node` (mctx's qtransform_completed_by_mix_value):
+    visited children get Q = reward + discount * mean value, unvisited ones the mixed value;
+    all are rescaled by their min and max (denominator at least 1e-8) and multiplied by
+    (maxvisit_init + max child visits) * value_scale. At the root, illegal actions are never
+    visited and take the mixed value (as in mctx, they count in the min and max)."""
+    cdef intp A = st.A
+    cdef intp base_node = b * st.M
+    cdef intp edge = (base_node + node) * A
+    cdef intp a, ci
+    cdef int32_t c
+    cdef double n, sum_n = 0.0, max_n = 0.0, sum_p = 0.0, p, weighted, mixed, lo, hi, d, scale
+    for a in range(A):
+        c = st.child[edge + a]
+        if c != 0:
+            ci = base_node + c
+            n = <double>st.visits[ci]
+            out[a] = st.reward[ci] + st.discount * (st.value_sum[ci] / n)
+            sum_n = sum_n + n
+            if n > max_n:
+                max_n = n
+            p = st.prior[edge + a]
+            if p < DBL_MIN:
+                p = DBL_MIN
+            sum_p = sum_p + p
+    weighted = 0.0
+    if sum_n > 0.0:
+        for a in range(A):
+            if st.child[edge + a] != 0:
+                p = st.prior[edge + a]
+                if p < DBL_MIN:
+                    p = DBL_MIN
+                weighted = weighted + (p * out[a]) / sum_p
+    mixed = (st.raw[base_node + node] + sum_n * weighted) / (sum_n + 1.0)
+    lo = INFINITY
+    hi = -INFINITY
+    for a in range(A):
+        if st.child[edge + a] == 0:
+            out[a] = mixed
+        if out[a] < lo:
+            lo = out[a]
+        if out[a] > hi:
+            hi = out[a]
+    d = hi - lo
+    if d < GUMBEL_EPSILON:
+        d = GUMBEL_EPSILON
+    scale = (st.maxvisit_init + max_n) * st.value_scale
+    for a in range(A):
+        out[a] = scale * ((out[a] - lo) / d)
+
+
+cdef intp gumbel_root_argmax(const GSearch* st, intp b, int32_t considered_visit,
+                             const double* cq) noexcept nogil:
+    """mctx's masked argmax of `score_considered`: the first legal action with the highest
+    max(-1e9, g + (logit - max legal logit) + sigma(q)) among those visited exactly
+    `considered_visit` times. (The visit schedule always leaves one; should none be left, the
+    restriction is dropped rather than return an illegal action.)"""
+    cdef intp A = st.A
+    cdef intp edge = (b * st.M) * A
+    cdef intp a, best_a = -1
+    cdef int32_t c, n
+    cdef double s, best = -INFINITY
+    cdef bint restrict = True
+    while True:
+        for a in range(A):
+            if not st.legal[b * A + a]:
+                continue
+            c = st.child[edge + a]
+            n = st.visits[b * st.M + c] if c != 0 else 0
+            if restrict and n != considered_visit:
+                continue
+            s = (<double>st.gumbel[b * A + a] + (st.logit[edge + a] - st.shift[b])) + cq[a]
+            if s < GUMBEL_LOW_LOGIT:
+                s = GUMBEL_LOW_LOGIT
+            if s > best:
+                best = s
+                best_a = a
+        if best_a >= 0 or not restrict:
+            return best_a
+        restrict = False
+
+
+cdef intp gumbel_interior_argmax(GSearch* st, intp b, intp node) noexcept nogil:
+    """mctx's deterministic interior selection: the first action with the highest
+    softmax(logits + sigma(completed Q))[a] - N(a) / (1 + sum N)."""
+    cdef intp A = st.A
+    cdef intp base_node = b * st.M
+    cdef intp edge = (base_node + node) * A
+    cdef intp a, best_a = 0
+    cdef int32_t c
+    cdef double mx, total, e, sum_n, s, best
+    cdef double* z = st.zbuf
+    completed_q(st, b, node, st.cq)
+    mx = -INFINITY
+    for a in range(A):
+        z[a] = st.logit[edge + a] + st.cq[a]
+        if z[a] > mx:
+            mx = z[a]
+    total = 0.0
+    for a in range(A):
+        e = exp(z[a] - mx)
+        z[a] = e
+        total = total + e
+    sum_n = 0.0
+    for a in range(A):
+        c = st.child[edge + a]
+        if c != 0:
+            sum_n = sum_n + <double>st.visits[base_node + c]
+    best = -INFINITY
+    for a in range(A):
+        c = st.child[edge + a]
+        s = z[a] / total
+        if c != 0:
+            s = s - <double>st.visits[base_node + c] / (1.0 + sum_n)
+        if s > best:
+            best = s
+            best_a = a
+    return best_a
+
+
+cdef void gumbel_select_leaf(GSearch* st, intp b) noexcept nogil:
+    """Descends root `b` to an unexpanded edge; stores it in pend_parent/pend_action."""
+    cdef intp A = st.A
+    cdef intp base_node = b * st.M
+    cdef intp edge = base_node * A
+    cdef intp a, sim_index = 0, node
+    cdef int32_t c
+    # Root: sequential halving. The simulation index is the root's children's visit total.
+    for a in range(A):
+        c = st.child[edge + a]
+        if c != 0:
+            sim_index += st.visits[base_node + c]
+    completed_q(st, b, 0, st.cq)
+    a = gumbel_root_argmax(st, b, st.table[st.ncons[b] * st.S + sim_index], st.cq)
+    node = 0
+    while True:
+        c = st.child[(base_node + node) * A + a]
+        if c == 0:
+            st.pend_parent[b] = <int32_t>node
+            st.pend_action[b] = <int32_t>a
+            return
+        node = c
+        a = gumbel_interior_argmax(st, b, node)
+
+
+cdef void gumbel_expand_backup(GSearch* st, intp b, intp sim, const float* vp, const float* val,
+                               const float* logits) noexcept nogil:
+    """Makes node `sim` of root `b` from the pending edge, then backs its value up to the root."""
+    cdef intp A = st.A
+    cdef intp base_node = b * st.M
+    cdef intp p = st.pend_parent[b]
+    cdef intp a = st.pend_action[b]
+    cdef intp ni = base_node + sim
+    cdef intp pi = base_node + p
+    cdef intp k, node, i
+    cdef double r, mx, total, e, v
+    cdef double* lgn = st.logit + ni * A
+    cdef double* pr = st.prior + ni * A
+    cdef const float* lg = logits + b * A
+    st.child[pi * A + a] = <int32_t>sim
+    st.parent[ni] = <int32_t>p
+    st.depth[ni] = st.depth[pi] + 1
+    r = <double>vp[b]
+    st.prefix[ni] = r
+    if st.value_prefix and (st.depth[pi] % st.horizon) != 0:
+        r = r - st.prefix[pi]
+    st.reward[ni] = r
+    st.raw[ni] = <double>val[b]
+    mx = -INFINITY
+    for k in range(A):
+        lgn[k] = <double>lg[k]
+        if lgn[k] > mx:
+            mx = lgn[k]
+    total = 0.0
+    for k in range(A):
+        e = exp(lgn[k] - mx)
+        pr[k] = e
+        total = total + e
+    for k in range(A):
+        pr[k] = pr[k] / total
+    v = <double>val[b]
+    node = sim
+    while True:
+        i = base_node + node
+        st.value_sum[i] = st.value_sum[i] + v
+        st.visits[i] = st.visits[i] + 1
+        if node == 0:
+            break
+        v = st.reward[i] + st.discount * v
+        node = st.parent[i]
+
+
+def gumbel_search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn,
+                  intp num_simulations, double discount, bint value_prefix,
+                  intp lstm_horizon_len, cnp.ndarray gumbel, cnp.ndarray legal,
+                  cnp.ndarray num_considered, cnp.ndarray table, double value_scale,
+                  double maxvisit_init):
+    """Runs the batched Gumbel search. Low level: use `cython_mcts.run_gumbel_mcts`.
+
+    Args:
+        root_logits: float32 [B, A], C-contiguous, finite.
+        root_values: float32 [B], C-contiguous, finite.
+        recurrent_fn: as for `search`.
+        gumbel: float32 [B, A], C-contiguous, finite.
+        legal: uint8 [B, A] C-contiguous (0/1), at least one 1 per row.
+        num_considered: int32 [B], root b's number of considered actions, in [1, R - 1] and at
+            most its number of legal actions.
+        table: int32 [R, num_simulations] C-contiguous: row m is mctx's sequence of considered
+            visit counts for m considered actions.
+        value_scale, maxvisit_init: finite, >= 0.
+
+    Returns:
+        (visit_counts int32 [B, A], root_values float32 [B], improved_policy float32 [B, A],
+         action int64 [B]).
+    """
+    if not _is_plain_f32(root_logits) or cnp.PyArray_NDIM(root_logits) != 2:
+        raise ValueError("root_logits must be a C-contiguous float32 [B, A] array")
+    cdef intp B = cnp.PyArray_DIMS(root_logits)[0]
+    cdef intp A = cnp.PyArray_DIMS(root_logits)[1]
+    if B < 1 or A < 1:
+        raise ValueError(f"root_logits must have B >= 1 and A >= 1, got shape ({B}, {A})")
+    if (not _is_plain_f32(root_values) or cnp.PyArray_NDIM(root_values) != 1
+            or cnp.PyArray_DIMS(root_values)[0] != B):
+        raise ValueError(f"root_values must be a C-contiguous float32 [B={B}] array")
+    if (not _is_plain_f32(gumbel) or cnp.PyArray_NDIM(gumbel) != 2
+            or cnp.PyArray_DIMS(gumbel)[0] != B or cnp.PyArray_DIMS(gumbel)[1] != A):
+        raise ValueError(f"gumbel must be a C-contiguous float32 [B={B}, A={A}] array")
+    if (not cnp.PyArray_CheckExact(legal) or cnp.PyArray_TYPE(legal) != cnp.NPY_UINT8
+            or not cnp.PyArray_ISCARRAY_RO(legal) or cnp.PyArray_NDIM(legal) != 2
+            or cnp.PyArray_DIMS(legal)[0] != B or cnp.PyArray_DIMS(legal)[1] != A):
+        raise ValueError(f"legal must be a C-contiguous uint8 [B={B}, A={A}] array")
+    if num_simulations < 1 or num_simulations >= 2**31 - 1:
+        raise ValueError(f"num_simulations must be in [1, 2**31 - 2], got {num_simulations}")
+    if lstm_horizon_len < 1:
+        raise ValueError(f"lstm_horizon_len must be >= 1, got {lstm_horizon_len}")
+    if not callable(recurrent_fn):
+        raise ValueError("recurrent_fn must be callable")
+    if not (isfinite(value_scale) and value_scale >= 0.0 and isfinite(maxvisit_init)
+            and maxvisit_init >= 0.0):
+        raise ValueError("value_scale and maxvisit_init must be finite and >= 0")
+    if (not cnp.PyArray_CheckExact(table) or cnp.PyArray_TYPE(table) != cnp.NPY_INT32
+            or not cnp.PyArray_ISCARRAY_RO(table) or cnp.PyArray_NDIM(table) != 2
+            or cnp.PyArray_DIMS(table)[0] < 2
+            or cnp.PyArray_DIMS(table)[1] != num_simulations):
+        raise ValueError(f"table must be a C-contiguous int32 [R >= 2, {num_simulations}] array")
+    if (not cnp.PyArray_CheckExact(num_considered)
+            or cnp.PyArray_TYPE(num_considered) != cnp.NPY_INT32
+            or not cnp.PyArray_ISCARRAY_RO(num_considered)
+            or cnp.PyArray_NDIM(num_considered) != 1
+            or cnp.PyArray_DIMS(num_considered)[0] != B):
+        raise ValueError(f"num_considered must be a C-contiguous int32 [B={B}] array")
+
+    cdef intp R = cnp.PyArray_DIMS(table)[0]
+    cdef intp M = num_simulations + 1
+    cdef intp S = num_simulations
+    cdef intp b, a, sim, k
+    cdef const uint8_t* legal_p = <const uint8_t*>cnp.PyArray_DATA(legal)
+    cdef const int32_t* ncons_p = <const int32_t*>cnp.PyArray_DATA(num_considered)
+    cdef const int32_t* table_p = <const int32_t*>cnp.PyArray_DATA(table)
+    cdef const float* rl = <const float*>cnp.PyArray_DATA(root_logits)
+    cdef const float* rv = <const float*>cnp.PyArray_DATA(root_values)
+    cdef int c
+    cdef intp n_legal
+    for b in range(B):
+        n_legal = 0
+        for a in range(A):
+            if legal_p[b * A + a] > 1:
+                raise ValueError("legal must hold only 0 and 1")
+            n_legal += legal_p[b * A + a]
+        if n_legal == 0:
+            raise ValueError(f"legal_actions: root {b} has no legal action")
+        if ncons_p[b] < 1 or ncons_p[b] >= R or ncons_p[b] > n_legal:
+            raise ValueError(f"num_considered[{b}] = {ncons_p[b]} is not in [1, "
+                             f"min({R - 1}, {n_legal} legal actions)]")
+    # Every scheduled count must be a count the root can have reached (< num_simulations).
+    for k in range(R * S):
+        if table_p[k] < 0 or table_p[k] >= S:
+            raise ValueError(f"table entries must be in [0, {S - 1}]")
+
+    cdef cnp.ndarray child_a = _buffer(B * M * A, np.int32)
+    cdef cnp.ndarray logit_a = _buffer(B * M * A, np.float64)
+    cdef cnp.ndarray prior_a = _buffer(B * M * A, np.float64)
+    cdef cnp.ndarray visits_a = _buffer(B * M, np.int32)
+    cdef cnp.ndarray vsum_a = _buffer(B * M, np.float64)
+    cdef cnp.ndarray raw_a = _buffer(B * M, np.float64)
+    cdef cnp.ndarray reward_a = _buffer(B * M, np.float64)
+    cdef cnp.ndarray prefix_a = _buffer(B * M, np.float64)
+    cdef cnp.ndarray depth_a = _buffer(B * M, np.int32)
+    cdef cnp.ndarray parent_a = _buffer(B * M, np.int32)
+    cdef cnp.ndarray pp_a = _buffer(B, np.int32)
+    cdef cnp.ndarray pa_a = _buffer(B, np.int32)
+    cdef cnp.ndarray shift_a = _buffer(B, np.float64)
+    cdef cnp.ndarray cq_a = _buffer(A, np.float64)
+    cdef cnp.ndarray z_a = _buffer(A, np.float64)
+    # Private copies of the inputs read inside the nogil loops (the callback cannot touch them).
+    cdef cnp.ndarray legal_copy = np.array(legal, dtype=np.uint8, copy=True)
+    cdef cnp.ndarray gumbel_copy = np.array(gumbel, dtype=np.float32, copy=True)
+    cdef cnp.ndarray ncons_copy = np.array(num_considered, dtype=np.int32, copy=True)
+    cdef cnp.ndarray table_copy = np.array(table, dtype=np.int32, copy=True)
+
+    cdef GSearch st
+    st.B = B
+    st.A = A
+    st.M = M
+    st.S = S
+    st.discount = discount
+    st.value_prefix = value_prefix
+    st.horizon = lstm_horizon_len
+    st.value_scale = value_scale
+    st.maxvisit_init = maxvisit_init
+    st.child = <int32_t*>cnp.PyArray_DATA(child_a)
+    st.logit = <double*>cnp.PyArray_DATA(logit_a)
+    st.prior = <double*>cnp.PyArray_DATA(prior_a)
+    st.visits = <int32_t*>cnp.PyArray_DATA(visits_a)
+    st.value_sum = <double*>cnp.PyArray_DATA(vsum_a)
+    st.raw = <double*>cnp.PyArray_DATA(raw_a)
+    st.reward = <double*>cnp.PyArray_DATA(reward_a)
+    st.prefix = <double*>cnp.PyArray_DATA(prefix_a)
+    st.depth = <int32_t*>cnp.PyArray_DATA(depth_a)
+    st.parent = <int32_t*>cnp.PyArray_DATA(parent_a)
+    st.pend_parent = <int32_t*>cnp.PyArray_DATA(pp_a)
+    st.pend_action = <int32_t*>cnp.PyArray_DATA(pa_a)
+    st.shift = <double*>cnp.PyArray_DATA(shift_a)
+    st.ncons = <const int32_t*>cnp.PyArray_DATA(ncons_copy)
+    st.legal = <const uint8_t*>cnp.PyArray_DATA(legal_copy)
+    st.gumbel = <const float*>cnp.PyArray_DATA(gumbel_copy)
+    st.table = <const int32_t*>cnp.PyArray_DATA(table_copy)
+    st.cq = <double*>cnp.PyArray_DATA(cq_a)
+    st.zbuf = <double*>cnp.PyArray_DATA(z_a)
+
+    cdef double mx, total, e
+    cdef double* pr
+    cdef double* lgr
+    with nogil:
+        for b in range(B):
+            # Root: logits of the legal actions (the others are never read), their softmax as
+            # the prior, the largest as the shift of the Gumbel scores.
+            pr = st.prior + (b * M) * A
+            lgr = st.logit + (b * M) * A
+            mx = -INFINITY
+            for a in range(A):
+                if st.legal[b * A + a]:
+                    lgr[a] = <double>rl[b * A + a]
+                    if lgr[a] > mx:
+                        mx = lgr[a]
+            st.shift[b] = mx
+            total = 0.0
+            for a in range(A):
+                if st.legal[b * A + a]:
+                    e = exp(lgr[a] - mx)
+                    pr[a] = e
+                    total = total + e
+            for a in range(A):
+                if st.legal[b * A + a]:
+                    pr[a] = pr[a] / total
+            st.visits[b * M] = 1
+            st.value_sum[b * M] = <double>rv[b]
+            st.raw[b * M] = <double>rv[b]
+            gumbel_select_leaf(&st, b)
+
+    cdef cnp.npy_intp dims[1]
+    dims[0] = B
+    cdef cnp.ndarray parent_ids, actions, depths
+    cdef int64_t* pid_p
+    cdef int64_t* act_p
+    cdef int64_t* dep_p
+    cdef cnp.ndarray vp_arr, val_arr, lg_arr
+    cdef const float* vp_p
+    cdef const float* val_p
+    cdef const float* lg_p
+    cdef intp bad_vp, bad_val, bad_lg
+    for sim in range(1, M):
+        parent_ids = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        actions = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        depths = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+        pid_p = <int64_t*>cnp.PyArray_DATA(parent_ids)
+        act_p = <int64_t*>cnp.PyArray_DATA(actions)
+        dep_p = <int64_t*>cnp.PyArray_DATA(depths)
+        for b in range(B):
+            pid_p[b] = st.pend_parent[b]
+            act_p[b] = st.pend_action[b]
+            dep_p[b] = st.depth[b * M + st.pend_parent[b]] + 1
+        result = recurrent_fn(parent_ids, actions, depths)
+        try:
+            out_vp, out_val, out_lg = result
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                "recurrent_fn must return a tuple (value_prefix float32[B], value float32[B], "
+                f"logits float32[B, A]); got {type(result).__name__}") from exc
+        vp_arr = _output_f32(out_vp, "value_prefix", B, -1)
+        val_arr = _output_f32(out_val, "value", B, -1)
+        lg_arr = _output_f32(out_lg, "logits", B, A)
+        vp_p = <const float*>cnp.PyArray_DATA(vp_arr)
+        val_p = <const float*>cnp.PyArray_DATA(val_arr)
+        lg_p = <const float*>cnp.PyArray_DATA(lg_arr)
+        with nogil:
+            bad_vp = first_nonfinite(vp_p, B)
+            bad_val = first_nonfinite(val_p, B)
+            bad_lg = first_nonfinite(lg_p, B * A)
+            if bad_vp < 0 and bad_val < 0 and bad_lg < 0:
+                for b in range(B):
+                    gumbel_expand_backup(&st, b, sim, vp_p, val_p, lg_p)
+                    if sim + 1 < M:
+                        gumbel_select_leaf(&st, b)
+        if bad_vp >= 0 or bad_val >= 0 or bad_lg >= 0:
+            if bad_vp >= 0:
+                name, where = "value_prefix", f"[{bad_vp}]"
+            elif bad_val >= 0:
+                name, where = "value", f"[{bad_val}]"
+            else:
+                name, where = "logits", f"[{bad_lg // A}, {bad_lg % A}]"
+            raise ValueError(
+                f"recurrent_fn output {name} has a non-finite value at {where} "
+                f"(simulation {sim})")
+
+    cdef cnp.ndarray counts = np.zeros((B, A), dtype=np.int32)
+    cdef cnp.ndarray values = np.empty(B, dtype=np.float32)
+    cdef cnp.ndarray policy = np.zeros((B, A), dtype=np.float32)
+    cdef cnp.ndarray chosen = np.empty(B, dtype=np.int64)
+    cdef int32_t* counts_p = <int32_t*>cnp.PyArray_DATA(counts)
+    cdef float* values_p = <float*>cnp.PyArray_DATA(values)
+    cdef float* policy_p = <float*>cnp.PyArray_DATA(policy)
+    cdef int64_t* chosen_p = <int64_t*>cnp.PyArray_DATA(chosen)
+    cdef int32_t ch, max_count
+    cdef double* z = st.zbuf
+    with nogil:
+        for b in range(B):
+            max_count = 0
+            for a in range(A):
+                ch = st.child[(b * M) * A + a]
+                if ch != 0:
+                    counts_p[b * A + a] = st.visits[b * M + ch]
+                    if counts_p[b * A + a] > max_count:
+                        max_count = counts_p[b * A + a]
+            values_p[b] = <float>(st.value_sum[b * M] / st.visits[b * M])
+            completed_q(&st, b, 0, st.cq)
+            # The action: among the most visited, the highest g + logits + sigma(q) (mctx).
+            chosen_p[b] = gumbel_root_argmax(&st, b, max_count, st.cq)
+            # The improved policy: softmax(logits + sigma(completed Q)) over the legal actions.
+            lgr = st.logit + (b * M) * A
+            mx = -INFINITY
+            for a in range(A):
+                if st.legal[b * A + a]:
+                    z[a] = lgr[a] + st.cq[a]
+                    if z[a] > mx:
+                        mx = z[a]
+            total = 0.0
+            for a in range(A):
+                if st.legal[b * A + a]:
+                    e = exp(z[a] - mx)
+                    z[a] = e
+                    total = total + e
+            for a in range(A):
+                if st.legal[b * A + a]:
+                    policy_p[b * A + a] = <float>(z[a] / total)
+    return counts, values, policy, chosen
