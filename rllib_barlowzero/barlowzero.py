@@ -41,6 +41,7 @@ from rllib_barlowzero.streams import run_seed
 from rllib_barlowzero.tensorboard import TensorBoardCallback
 from rllib_barlowzero.torch.augmentations import AUGMENTATIONS
 from rllib_barlowzero.torch.losses import CONSISTENCY_LOSSES
+from rllib_barlowzero.torch.search import SEARCH_ALGORITHMS
 
 LR_SCHEDULES = ("cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adam")
@@ -97,6 +98,13 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "pb_c_init": 1.25,
     "value_delta_max": 0.01,
     "support_size": 300,
+    # The search: "puct" (MuZero / EfficientZero, the paper's) or "gumbel" (Gumbel MuZero,
+    # Danihelka et al. 2022), whose settings follow with the Gumbel MuZero paper's / mctx's values.
+    "search_algorithm": "puct",
+    "max_num_considered_actions": 16,
+    "gumbel_scale": 1.0,
+    "value_scale": 0.1,
+    "maxvisit_init": 50.0,
     # Min-max normalise hidden states per sample (MuZero); EfficientZero's Atari model does not.
     "state_normalization": False,
     # Reanalyze searches with root Dirichlet noise, as EfficientZero and LightZero do.
@@ -155,6 +163,11 @@ MODEL_KEYS = (
     "lstm_horizon_len",
     "training_steps",
     "fixed_temperature",
+    "search_algorithm",
+    "max_num_considered_actions",
+    "gumbel_scale",
+    "value_scale",
+    "maxvisit_init",
 )
 
 
@@ -270,6 +283,11 @@ class BarlowZeroConfig(AlgorithmConfig):
         pb_c_init: float = NotProvided,
         value_delta_max: float = NotProvided,
         support_size: int = NotProvided,
+        search_algorithm: str = NotProvided,
+        max_num_considered_actions: int = NotProvided,
+        gumbel_scale: float = NotProvided,
+        value_scale: float = NotProvided,
+        maxvisit_init: float = NotProvided,
         state_normalization: bool = NotProvided,
         reanalyze_noise: bool = NotProvided,
         fixed_temperature: float | None = NotProvided,
@@ -311,10 +329,25 @@ class BarlowZeroConfig(AlgorithmConfig):
             lr_warmup_steps: linear warm-up of every `lr_schedule` (EfficientZero: 1000; 0: none).
             state_normalization: min-max normalise hidden states per sample (MuZero); off by
                 default, as EfficientZero's Atari model.
-            reanalyze_noise: reanalyze searches with root Dirichlet noise (EfficientZero: on).
+            reanalyze_noise: reanalyze searches with root noise (EfficientZero: on): Dirichlet
+                noise for pUCT, Gumbel noise times `gumbel_scale` for "gumbel".
             fixed_temperature: None samples actions from visit counts with EfficientZero's
                 temperature schedule over `training_steps` (1.0, 0.5 from 50%, 0.25 from 75%);
                 a number > 0 holds that temperature for the whole run (LightZero's default 0.25).
+                pUCT only (must stay None with search_algorithm="gumbel").
+            search_algorithm: "puct" (MuZero / EfficientZero's search, the paper's: Dirichlet
+                root noise, actions sampled from visit counts) or "gumbel" (Gumbel MuZero,
+                Danihelka et al. 2022: acting plays the search's action, exploring with Gumbel
+                noise and greedy without; policy targets are its improved policy). The pUCT
+                settings (`dirichlet_alpha`, `root_exploration_fraction`, `pb_c_base`,
+                `pb_c_init`, `value_delta_max`, `fixed_temperature`) do nothing with "gumbel",
+                the next four nothing with "puct".
+            max_num_considered_actions: Gumbel: root actions sequential halving starts from
+                (an integer >= 1; the Gumbel MuZero paper's 16).
+            gumbel_scale: Gumbel: scale of the root Gumbel noise when acting to explore and in
+                reanalyze with `reanalyze_noise` (>= 0; 1.0).
+            value_scale, maxvisit_init: Gumbel: sigma(q) = (maxvisit_init + max visits) *
+                value_scale * q, q the completed Q rescaled to [0, 1] (>= 0; mctx's 0.1 and 50).
             num_reanalyze_workers: Ray actors making training batches, each with a target-model
                 copy (0: one thread in the driver). A seed gives the same run whatever the
                 number (with the same `reanalyze_queue_size`).
@@ -390,7 +423,7 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
         "stacked_observations lstm_hidden_size lstm_horizon_len proj_hid proj_out pred_hid "
         "pred_out channels reduced_channels_reward reduced_channels_value "
         "reduced_channels_policy num_simulations support_size target_update_interval "
-        "replay_capacity total_env_steps"
+        "replay_capacity total_env_steps max_num_considered_actions"
     ).split()
     for key in positive_ints:
         value = getattr(config, key)
@@ -409,7 +442,8 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
             fail(key, "a number in [0, 1]")
     non_negative = (
         "reward_loss_coeff value_loss_coeff policy_loss_coeff consistency_loss_coeff "
-        "weight_decay priority_prob_alpha prioritized_replay_eps barlow_lambda value_delta_max"
+        "weight_decay priority_prob_alpha prioritized_replay_eps barlow_lambda value_delta_max "
+        "gumbel_scale value_scale maxvisit_init"
     ).split()
     for key in non_negative:
         if not _is_real(getattr(config, key)) or getattr(config, key) < 0:
@@ -431,6 +465,7 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
         ("consistency_loss", CONSISTENCY_LOSSES),
         ("lr_schedule", LR_SCHEDULES),
         ("optimizer", OPTIMIZERS),
+        ("search_algorithm", SEARCH_ALGORITHMS),
     ):
         if getattr(config, key) not in known:
             fail(key, f"one of {list(known)}")
@@ -462,6 +497,13 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
         not _is_real(config.fixed_temperature) or config.fixed_temperature <= 0
     ):
         fail("fixed_temperature", "None (EfficientZero's schedule) or a number > 0")
+    if config.search_algorithm == "gumbel":
+        if config.fixed_temperature is not None:
+            fail("fixed_temperature", "None with search_algorithm='gumbel' (Gumbel acting plays "
+                 "the search's action; there is no visit temperature)")
+        if not math.isfinite((config.maxvisit_init + config.num_simulations) * config.value_scale):
+            fail("value_scale", "small enough that (maxvisit_init + num_simulations) * "
+                 "value_scale is finite")
     if not isinstance(config.augmentation, list | tuple) or any(
         a not in AUGMENTATIONS for a in config.augmentation
     ):
@@ -726,13 +768,17 @@ class BarlowZero(Algorithm):
 
     def _log_search_statistics(self, episodes: list[Any]) -> None:
         """Mean root value and visit-count entropy of the searches that played `episodes`."""
-        policies = [np.asarray(e.get_extra_model_outputs(BarlowZeroColumns.MCTS_POLICY))
-                    for e in episodes if len(e)]
+        # The Gumbel search's `mcts_policy` is its improved policy: its visits come separately.
+        gumbel = self.config.search_algorithm == "gumbel"
+        key = BarlowZeroColumns.VISIT_COUNTS if gumbel else BarlowZeroColumns.MCTS_POLICY
+        policies = [np.asarray(e.get_extra_model_outputs(key)) for e in episodes if len(e)]
         values = [np.asarray(e.get_extra_model_outputs(BarlowZeroColumns.ROOT_VALUE))
                   for e in episodes if len(e)]
         if not policies:
             return
         policy = np.concatenate(policies)
+        if gumbel:
+            policy = policy / policy.sum(axis=1, keepdims=True)
         entropy = -(policy * np.log(np.where(policy > 0, policy, 1.0))).sum(axis=1)
         self.metrics.log_value(("search", "root_value_mean"), float(np.concatenate(values).mean()),
                                window=1)

@@ -71,8 +71,9 @@ class BarlowZeroClient:
         episode's first frame) restarts the session.
 
         Returns:
-            {"action": int, "visit_counts": [int] * A, "root_value": float}, and for a session
-            also {"session": str, "new_session": bool, "step": int, "frames": int}.
+            {"action": int, "visit_counts": [int] * A, "root_value": float} (a Gumbel model adds
+            "improved_policy": [float] * A), and for a session also {"session": str,
+            "new_session": bool, "step": int, "frames": int}.
 
         Raises:
             BarlowZeroServerError: on a 4xx/5xx answer.

@@ -16,8 +16,11 @@ __all__ = ["BarlowZeroColumns"]
 class BarlowZeroColumns:
     # -- acting: outputs of the module's `_forward_exploration` / `_forward_inference`, kept in
     # the episodes' extra model outputs (read by the algorithm, serve and evaluate).
-    MCTS_POLICY = "mcts_policy"  # float32 [B, A]: root visit counts, normalised
+    # float32 [B, A]: the policy target of the step: root visit counts, normalised (pUCT), or the
+    # search's improved policy (search_algorithm "gumbel").
+    MCTS_POLICY = "mcts_policy"
     ROOT_VALUE = "root_value"  # float32 [B]: the search's root value
+    VISIT_COUNTS = "visit_counts"  # int32 [B, A]: root visit counts (search "gumbel" only)
 
     # -- the learner's training batch, made by reanalyze (besides Columns.OBS [B, *obs] and
     # Columns.ACTIONS int64 [B, K]).

@@ -4,7 +4,8 @@ For a batch of sampled windows it computes
   * value targets: n-step returns bootstrapped from the target model's value of the observation
     n steps later, with n shrunk for old data (off-policy correction);
   * policy targets: a fresh batched search with the target model for
-    `revisit_policy_search_rate` of the samples, the stored search policy for the rest;
+    `revisit_policy_search_rate` of the samples (normalised visit counts for pUCT, the improved
+    policy for search_algorithm "gumbel"), the stored search policy for the rest;
 and assembles the learner's batch.
 
 Batch i's randomness (which samples are re-searched, their root noise and tie-breaking) comes from
@@ -29,7 +30,13 @@ from rllib_barlowzero.targets import (
     make_unroll_targets,
     off_policy_td_steps,
 )
-from rllib_barlowzero.torch.search import mcts_config_from, search
+from rllib_barlowzero.torch.search import (
+    gumbel_search,
+    gumbel_settings_from,
+    mcts_config_from,
+    search,
+    search_algorithm_from,
+)
 
 
 class Reanalyzer:
@@ -50,7 +57,10 @@ class Reanalyzer:
         self.target_network = copy.deepcopy(network).to(self.device).eval()
         for p in self.target_network.parameters():
             p.requires_grad_(False)
-        self.mcts_config = mcts_config_from(config.model_config)
+        model_config = config.model_config
+        self.mcts_config = mcts_config_from(model_config)
+        self.gumbel_settings = (gumbel_settings_from(model_config)
+                                if search_algorithm_from(model_config) == "gumbel" else None)
         self.seed = int(seed)
 
     def set_weights(self, network_state: dict[str, Any]) -> None:
@@ -114,14 +124,10 @@ class Reanalyzer:
             b_idx, k_idx = np.nonzero(chosen)
             if len(b_idx):
                 roots = self._to_device(obs_steps[b_idx, k_idx])
-                noise = None
-                if cfg.reanalyze_noise:
-                    alpha = np.full(policy.shape[2], cfg.dirichlet_alpha)
-                    noise = rng.dirichlet(alpha, size=len(b_idx)).astype(np.float32)
-                out = search(self.target_network, roots, self.mcts_config, noise=noise,
-                             seed=int(rng.integers(2**63)))
-                visits = out.visit_counts.astype(np.float32)
-                policy[b_idx, k_idx] = visits / visits.sum(axis=1, keepdims=True)
+                if self.gumbel_settings is not None:
+                    policy[b_idx, k_idx] = self._gumbel_policy(roots, policy.shape[2], rng)
+                else:
+                    policy[b_idx, k_idx] = self._puct_policy(roots, policy.shape[2], rng)
 
         batch = {
             Columns.OBS: obs_steps[:, 0],
@@ -138,3 +144,41 @@ class Reanalyzer:
         if cfg.consistency_loss != "none":
             batch[BarlowZeroColumns.TARGET_OBS] = obs_steps[:, 1:]
         return batch
+
+    def _puct_policy(
+        self, roots: torch.Tensor, num_actions: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Normalised visit counts [N, A] of a pUCT search from `roots` [N, *obs] with the target
+        model: Dirichlet root noise when `reanalyze_noise`, then the search's tie seed, both
+        drawn from the batch's generator."""
+        noise = None
+        if self.config.reanalyze_noise:
+            alpha = np.full(num_actions, self.config.dirichlet_alpha)
+            noise = rng.dirichlet(alpha, size=roots.shape[0]).astype(np.float32)
+        out = search(self.target_network, roots, self.mcts_config, noise=noise,
+                     seed=int(rng.integers(2**63)))
+        visits = out.visit_counts.astype(np.float32)
+        return visits / visits.sum(axis=1, keepdims=True)
+
+    def _gumbel_policy(
+        self, roots: torch.Tensor, num_actions: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Improved policies [N, A] of a Gumbel search from `roots` [N, *obs] with the target model.
+
+        The improved policy softmax(logits + sigma(completed Q)) depends on the root noise only
+        through the visits: which actions are considered (the top `max_num_considered_actions` by
+        noise + logits) and which survive sequential halving, i.e. whose Q is estimated and how
+        well. With `reanalyze_noise` each re-search draws fresh Gumbel noise times
+        `gumbel_scale` from the batch's generator (after the revisit draws), as acting does, so
+        re-searched targets are made like the acting-time targets they replace and, when there
+        are more legal actions than considered ones, do not always leave the prior's lowest
+        actions at the mixed value. Without it the noise is zero and the search is
+        deterministic (it has no tie-breaking stream, so nothing more is drawn).
+        """
+        settings = self.gumbel_settings
+        shape = (roots.shape[0], num_actions)
+        gumbel = np.zeros(shape, dtype=np.float32)
+        if self.config.reanalyze_noise:
+            gumbel = (rng.gumbel(size=shape) * settings.gumbel_scale).astype(np.float32)
+        out = gumbel_search(self.target_network, roots, self.mcts_config, gumbel, settings)
+        return out.improved_policy

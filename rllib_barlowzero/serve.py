@@ -20,6 +20,9 @@ observation's shape, F = one frame's shape: S with its first axis divided by n):
 
   Answer: ``{"action": 1, "visit_counts": [3, 5], "root_value": 0.42}``: the most visited root
   action, the root's visit counts (they sum to ``num_simulations``) and the search's root value.
+  A model trained with ``search_algorithm: gumbel`` answers with its noise-free Gumbel search:
+  ``"action"`` is the search's action (one of the most visited), and the answer adds
+  ``"improved_policy"`` (the search's improved policy, a probability per action).
   A session request's answer adds ``"session": "ID"``, ``"new_session"`` (true when this frame
   started the session: its first request, a reset, or the first request after the session was
   evicted; a client that did not ask for a reset learns that its history was lost),
@@ -777,6 +780,7 @@ class BarlowZeroDeployment:
             if sessions else None
         )
         self.num_simulations = int(self.module.model_config["num_simulations"])
+        self.search_algorithm = self.module.search_algorithm  # "puct" or "gumbel"
         self.max_body_bytes = int(max_body_bytes)
         self.max_batch_size = int(max_batch_size)
         self._act_batch.set_max_batch_size(self.max_batch_size)
@@ -835,6 +839,7 @@ class BarlowZeroDeployment:
             "status": "ok",
             **self.spec.describe(),
             "num_simulations": self.num_simulations,
+            "search_algorithm": self.search_algorithm,
             "max_batch_size": self.max_batch_size,
             "max_body_bytes": self.max_body_bytes,
             "checkpoint": self.checkpoint,
@@ -897,10 +902,14 @@ class BarlowZeroDeployment:
 
         out = self.module.forward_inference({Columns.OBS: torch.from_numpy(observations)})
         policy = np.asarray(out[BarlowZeroColumns.MCTS_POLICY], dtype=np.float64)
-        visits = np.rint(policy * self.num_simulations).astype(np.int64)
+        gumbel = BarlowZeroColumns.VISIT_COUNTS in out
+        if gumbel:  # mcts_policy is the Gumbel search's improved policy; its visits come apart
+            visits = np.asarray(out[BarlowZeroColumns.VISIT_COUNTS], dtype=np.int64)
+        else:
+            visits = np.rint(policy * self.num_simulations).astype(np.int64)
         actions = np.asarray(out[Columns.ACTIONS]).reshape(-1)
         values = np.asarray(out[BarlowZeroColumns.ROOT_VALUE], dtype=np.float64).reshape(-1)
-        return [
+        answers = [
             {
                 "action": int(actions[i]),
                 "visit_counts": visits[i].tolist(),
@@ -908,6 +917,10 @@ class BarlowZeroDeployment:
             }
             for i in range(len(actions))
         ]
+        if gumbel:
+            for answer, row in zip(answers, policy, strict=True):
+                answer["improved_policy"] = row.tolist()
+        return answers
 
 
 def _relative_path(request: Request) -> str:

@@ -23,6 +23,7 @@ from ray.rllib.core.columns import Columns
 from rllib_barlowzero import BarlowZeroConfig
 from rllib_barlowzero.barlowzero import TRAINING_DEFAULTS
 from rllib_barlowzero.reanalyze import Reanalyzer
+from rllib_barlowzero.torch import search as search_module
 from rllib_barlowzero.torch.barlowzero_torch_learner import learning_rate
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -42,6 +43,10 @@ NON_DEFAULT = dict(
     root_exploration_fraction=0.3, pb_c_base=19000, pb_c_init=1.2, value_delta_max=0.02,
     support_size=9, state_normalization=True, reanalyze_noise=False, mlp_hidden_layers=[30],
     fixed_temperature=0.7,
+    # The run searches with pUCT (fixed_temperature is pUCT's); the Gumbel settings are checked
+    # on a Gumbel module and reanalyzer built from the same config (see below).
+    search_algorithm="puct", max_num_considered_actions=3, gumbel_scale=0.6, value_scale=0.2,
+    maxvisit_init=40.0,
     target_update_interval=3, lr_warmup_steps=7, replay_capacity=5000, replay_ratio=0.15,
     num_steps_sampled_before_learning_starts=90, total_env_steps=99_000,
     num_reanalyze_workers=1, num_cpus_per_reanalyze_worker=0.5,
@@ -112,7 +117,7 @@ def algo():
     assert set(NON_DEFAULT) == set(TRAINING_DEFAULTS)
     for key, value in NON_DEFAULT.items():
         assert value != TRAINING_DEFAULTS[key] or key in {"optimizer", "consistency_loss",
-                                                          *NEEDS_A_GPU}, key
+                                                          "search_algorithm", *NEEDS_A_GPU}, key
     ray.init(num_cpus=2, resources={"reanalyze_slot": 1}, include_dashboard=False,
              log_to_driver=False)
     config = (
@@ -129,7 +134,7 @@ def algo():
     ray.shutdown()
 
 
-def test_every_setting_reaches_its_reader_with_the_configs_value(algo):
+def test_every_setting_reaches_its_reader_with_the_configs_value(algo, monkeypatch):
     read: set[str] = set()
 
     # The algorithm's loop (sampling, replay ratio, updates, target refreshes).
@@ -167,6 +172,43 @@ def test_every_setting_reaches_its_reader_with_the_configs_value(algo):
     module.train()
     fwd_out = module.forward_train({k: torch.as_tensor(v) for k, v in batch.items()})
     read |= assert_delivered(model_config.reads, "module")
+
+    # The Gumbel search: a module and a reanalyzer of the same config with
+    # search_algorithm="gumbel" (and no fixed_temperature, which Gumbel refuses). Each search
+    # must get the config's Gumbel settings, and exploration Gumbel noise times gumbel_scale.
+    calls: list[dict[str, Any]] = []
+    run_gumbel_mcts = search_module.run_gumbel_mcts
+
+    def recording_run_gumbel_mcts(*args: Any, **kwargs: Any) -> Any:
+        calls.append({"config": args[3], "gumbel": np.array(args[4]), **kwargs})
+        return run_gumbel_mcts(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "run_gumbel_mcts", recording_run_gumbel_mcts)
+    gumbel_config = real_config.copy(copy_frozen=False).training(search_algorithm="gumbel",
+                                                                 fixed_temperature=None)
+    gumbel_config.validate()
+    gumbel_spec = gumbel_config.get_rl_module_spec(spaces=algo.env_runner_group.get_spaces())
+    gumbel_model_config = RecordingDict(gumbel_spec.model_config)
+    gumbel_spec.model_config = gumbel_model_config
+    gumbel_module = gumbel_spec.build()
+    gumbel_module.set_random_streams((7,))
+    streams = [np.random.default_rng([7, i]) for i in range(obs.shape[0])]
+    gumbel_module.forward_exploration({Columns.OBS: obs})
+    expected_noise = np.stack([g.gumbel(size=gumbel_module.num_actions) for g in streams])
+    expected_noise *= NON_DEFAULT["gumbel_scale"]
+    np.testing.assert_allclose(calls[-1]["gumbel"], expected_noise, rtol=1e-6)
+    gumbel_module.forward_inference({Columns.OBS: obs})
+    assert not calls[-1]["gumbel"].any()
+    Reanalyzer(algo._build_network(), gumbel_config, seed=0).make_batch(
+        windows, learner_step=5, batch_index=5)
+    assert len(calls) == 3
+    for call in calls:  # exploration, inference, reanalyze
+        assert (call["max_num_considered_actions"], call["value_scale"], call["maxvisit_init"],
+                call["config"].num_simulations, call["config"].lstm_horizon_len) == (
+            3, 0.2, 40.0, 6, 2)
+    gumbel_reads = {k: v for k, v in gumbel_model_config.reads.items() if k != "search_algorithm"}
+    assert gumbel_model_config.reads["search_algorithm"] == "gumbel"
+    read |= assert_delivered(gumbel_reads, "gumbel module")
 
     # The learner's loss and schedule.
     learner_config = Recorder(real_config)

@@ -15,11 +15,16 @@ from rllib_barlowzero.columns import BarlowZeroColumns
 from rllib_barlowzero.torch.augmentations import augment
 from rllib_barlowzero.torch.networks import BarlowZeroNetwork, choose_downsample
 from rllib_barlowzero.torch.search import (
+    SEARCH_ALGORITHMS,
+    draw_gumbel_noise,
     draw_search_randomness,
+    gumbel_search,
+    gumbel_settings_from,
     mcts_config_from,
     most_visited_actions,
     sample_actions,
     search,
+    search_algorithm_from,
     slot_generators,
     visit_temperature,
 )
@@ -64,10 +69,16 @@ def _accept_old_counter_name(state_dict: dict[str, Any], prefix: str, *args: Any
 class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
     """Holds the representation, dynamics and prediction networks (on learners: the projection).
 
-    `_forward_exploration` searches with Dirichlet noise at the roots and samples actions from the
-    visit counts with EfficientZero's temperature schedule; `_forward_inference` searches without
-    noise and takes the most visited action. Both add `mcts_policy` [B, A] and `root_value` [B] to
-    their outputs, so they land in the episodes.
+    With `search_algorithm` "puct" (the default), `_forward_exploration` searches with Dirichlet
+    noise at the roots and samples actions from the visit counts with EfficientZero's temperature
+    schedule; `_forward_inference` searches without noise and takes the most visited action. Both
+    add `mcts_policy` [B, A] (normalised visit counts) and `root_value` [B] to their outputs, so
+    they land in the episodes.
+
+    With "gumbel", both run the Gumbel MuZero search and play its `action`: exploration with
+    Gumbel noise times `gumbel_scale` at the roots, inference with none (deterministic).
+    `mcts_policy` is then the search's improved policy (the policy target), and `visit_counts`
+    [B, A] is added.
 
     Row b of an acting batch (vector-env slot b on an env runner) draws its root noise, tie-breaking
     seed and action from its own generator, seeded from `set_random_streams`' key and b.
@@ -107,6 +118,13 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         self._register_load_state_dict_pre_hook(_accept_old_counter_name)
         self.mcts_config = mcts_config_from(cfg)
         self.dirichlet_alpha = float(cfg["dirichlet_alpha"])
+        self.search_algorithm = search_algorithm_from(cfg)
+        if self.search_algorithm not in SEARCH_ALGORITHMS:
+            raise ValueError(f"search_algorithm must be one of {list(SEARCH_ALGORITHMS)}, got "
+                             f"{self.search_algorithm!r}")
+        self.gumbel_settings = (
+            gumbel_settings_from(cfg) if self.search_algorithm == "gumbel" else None
+        )
         self.augmentation = list(cfg["augmentation"])
         self.set_random_streams((0,))
 
@@ -131,6 +149,8 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         obs = batch[Columns.OBS]
         self.network.eval()
         generators = self._generators(obs.shape[0])
+        if self.search_algorithm == "gumbel":
+            return self._act_gumbel(obs, generators, explore)
         noise, seeds = draw_search_randomness(
             generators, self.num_actions, self.dirichlet_alpha if explore else None
         )
@@ -150,6 +170,24 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
             Columns.ACTIONS: actions,
             BarlowZeroColumns.MCTS_POLICY: policy,
             BarlowZeroColumns.ROOT_VALUE: np.asarray(out.root_values, dtype=np.float32),
+        }
+
+    def _act_gumbel(
+        self, obs: torch.Tensor, generators: list[np.random.Generator], explore: bool
+    ) -> dict[str, Any]:
+        """Gumbel MuZero acting: exploration draws each row's Gumbel noise from its generator,
+        inference uses zeros; either way the search picks the action (no temperature)."""
+        settings = self.gumbel_settings
+        if explore:
+            gumbel = draw_gumbel_noise(generators, self.num_actions, settings.gumbel_scale)
+        else:
+            gumbel = np.zeros((obs.shape[0], self.num_actions), dtype=np.float32)
+        out = gumbel_search(self.network, obs, self.mcts_config, gumbel, settings)
+        return {
+            Columns.ACTIONS: out.action,
+            BarlowZeroColumns.MCTS_POLICY: out.improved_policy,
+            BarlowZeroColumns.ROOT_VALUE: np.asarray(out.root_values, dtype=np.float32),
+            BarlowZeroColumns.VISIT_COUNTS: out.visit_counts,
         }
 
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:

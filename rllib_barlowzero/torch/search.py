@@ -1,4 +1,5 @@
-"""Batched MCTS over a BarlowZero network: `cython_mcts.run_mcts` with hidden states kept on device.
+"""Batched MCTS over a BarlowZero network: `cython_mcts.run_mcts` (pUCT) or
+`cython_mcts.run_gumbel_mcts` (Gumbel MuZero) with hidden states kept on device.
 
 The tree lives in compiled code on the host; the latents and LSTM states of every simulation stay
 in one preallocated tensor per kind on the network's device. Each simulation ships only the
@@ -8,12 +9,23 @@ scalars and logits the tree needs (one device->host copy of [B, 2 + A] floats).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from cython_mcts import MCTSConfig, SearchOutput, greedy_actions, run_mcts
+from cython_mcts import (
+    GumbelSearchOutput,
+    MCTSConfig,
+    RecurrentFn,
+    SearchOutput,
+    greedy_actions,
+    run_gumbel_mcts,
+    run_mcts,
+)
+
+SEARCH_ALGORITHMS = ("puct", "gumbel")
 
 
 def mcts_config_from(model_config: Mapping[str, Any]) -> MCTSConfig:
@@ -30,28 +42,49 @@ def mcts_config_from(model_config: Mapping[str, Any]) -> MCTSConfig:
     )
 
 
-@torch.no_grad()
-def search(
-    network: torch.nn.Module,
-    obs: torch.Tensor,
-    config: MCTSConfig,
-    *,
-    noise: np.ndarray | None = None,
-    legal_actions: np.ndarray | None = None,
-    seed: int | np.ndarray = 0,
-) -> SearchOutput:
-    """Runs one batched search from the observations `obs`.
+def search_algorithm_from(model_config: Mapping[str, Any]) -> str:
+    """"puct" or "gumbel". Module checkpoints from before the Gumbel search lack the key: they
+    searched with pUCT."""
+    return model_config.get("search_algorithm", "puct")
 
-    Args:
-        network: a `BarlowZeroNetwork` (eval mode is the caller's business).
-        obs: [B, *obs_shape] stacked observations on the network's device.
-        config: the search settings; `config.lstm_horizon_len` drives the LSTM resets.
-        noise: float32 [B, A] Dirichlet noise for the roots, or None.
-        legal_actions: bool [B, A], or None for all legal.
-        seed: the tie-breaking streams of `run_mcts` (an int, or one per root [B]).
+
+@dataclass(frozen=True)
+class GumbelSettings:
+    """The Gumbel MuZero settings (their defaults, the paper's and mctx's, are the config's).
+
+    Attributes:
+        max_num_considered_actions: root actions sequential halving starts from.
+        gumbel_scale: the scale of the Gumbel noise when acting to explore (and in reanalyze
+            with `reanalyze_noise`); greedy acting uses none.
+        value_scale, maxvisit_init: sigma(q) = (maxvisit_init + max N) * value_scale * q, q the
+            completed Q rescaled to [0, 1].
+    """
+
+    max_num_considered_actions: int
+    gumbel_scale: float
+    value_scale: float
+    maxvisit_init: float
+
+
+def gumbel_settings_from(model_config: Mapping[str, Any]) -> GumbelSettings:
+    """The Gumbel search settings of a BarlowZero model config."""
+    return GumbelSettings(
+        max_num_considered_actions=model_config["max_num_considered_actions"],
+        gumbel_scale=model_config["gumbel_scale"],
+        value_scale=model_config["value_scale"],
+        maxvisit_init=model_config["maxvisit_init"],
+    )
+
+
+def _device_tree(
+    network: torch.nn.Module, obs: torch.Tensor, config: MCTSConfig
+) -> tuple[np.ndarray, np.ndarray, RecurrentFn]:
+    """The roots' inference and the `recurrent_fn` of one search, hidden states on device.
 
     Returns:
-        `SearchOutput` with visit_counts [B, A] and root_values [B].
+        root_logits float32 [B, A] and root_values float32 [B] (host), and the `recurrent_fn`
+        of `run_mcts` / `run_gumbel_mcts`, which keeps the states of simulation s in row s of
+        preallocated device tensors [num_simulations + 1, B, ...] (row 0: the roots').
     """
     root = network.initial_inference(obs)
     batch_size = obs.shape[0]
@@ -87,14 +120,69 @@ def search(
         return host[:, 0].copy(), host[:, 1].copy(), np.ascontiguousarray(host[:, 2:])
 
     root_host = torch.cat([root.value[:, None], root.policy_logits], dim=1).float().cpu().numpy()
-    return run_mcts(
-        np.ascontiguousarray(root_host[:, 1:]),
-        np.ascontiguousarray(root_host[:, 0]),
-        recurrent_fn,
-        config,
-        noise=noise,
-        legal_actions=legal_actions,
-        seed=seed,
+    return (np.ascontiguousarray(root_host[:, 1:]), np.ascontiguousarray(root_host[:, 0]),
+            recurrent_fn)
+
+
+@torch.no_grad()
+def search(
+    network: torch.nn.Module,
+    obs: torch.Tensor,
+    config: MCTSConfig,
+    *,
+    noise: np.ndarray | None = None,
+    legal_actions: np.ndarray | None = None,
+    seed: int | np.ndarray = 0,
+) -> SearchOutput:
+    """Runs one batched pUCT search (`run_mcts`) from the observations `obs`.
+
+    Args:
+        network: a `BarlowZeroNetwork` (eval mode is the caller's business).
+        obs: [B, *obs_shape] stacked observations on the network's device.
+        config: the search settings; `config.lstm_horizon_len` drives the LSTM resets.
+        noise: float32 [B, A] Dirichlet noise for the roots, or None.
+        legal_actions: bool [B, A], or None for all legal.
+        seed: the tie-breaking streams of `run_mcts` (an int, or one per root [B]).
+
+    Returns:
+        `SearchOutput` with visit_counts [B, A] and root_values [B].
+    """
+    root_logits, root_values, recurrent_fn = _device_tree(network, obs, config)
+    return run_mcts(root_logits, root_values, recurrent_fn, config, noise=noise,
+                    legal_actions=legal_actions, seed=seed)
+
+
+@torch.no_grad()
+def gumbel_search(
+    network: torch.nn.Module,
+    obs: torch.Tensor,
+    config: MCTSConfig,
+    gumbel: np.ndarray,
+    settings: GumbelSettings,
+    *,
+    legal_actions: np.ndarray | None = None,
+) -> GumbelSearchOutput:
+    """Runs one batched Gumbel MuZero search (`run_gumbel_mcts`) from the observations `obs`.
+
+    Args:
+        network: a `BarlowZeroNetwork` (eval mode is the caller's business).
+        obs: [B, *obs_shape] stacked observations on the network's device.
+        config: the search settings (`num_simulations`, `discount`, `lstm_horizon_len`; the pUCT
+            constants are not used).
+        gumbel: float32 [B, A], Gumbel(0, 1) noise already times `settings.gumbel_scale`
+            (`draw_gumbel_noise`), or zeros for greedy play.
+        settings: `max_num_considered_actions`, `value_scale` and `maxvisit_init` are used here.
+        legal_actions: bool [B, A], or None for all legal.
+
+    Returns:
+        `GumbelSearchOutput` with action [B], improved_policy [B, A], visit_counts [B, A] and
+        root_values [B].
+    """
+    root_logits, root_values, recurrent_fn = _device_tree(network, obs, config)
+    return run_gumbel_mcts(
+        root_logits, root_values, recurrent_fn, config, gumbel, legal_actions=legal_actions,
+        max_num_considered_actions=settings.max_num_considered_actions,
+        value_scale=settings.value_scale, maxvisit_init=settings.maxvisit_init,
     )
 
 
@@ -136,6 +224,19 @@ def draw_search_randomness(
         noise = np.stack([g.dirichlet(alpha) for g in generators]).astype(np.float32)
     seeds = np.array([g.integers(2**63, dtype=np.uint64) for g in generators], dtype=np.uint64)
     return noise, seeds
+
+
+def draw_gumbel_noise(
+    generators: list[np.random.Generator], num_actions: int, gumbel_scale: float
+) -> np.ndarray:
+    """One root's Gumbel noise per slot for `gumbel_search`: row b is `gumbel_scale` times
+    `generators[b].gumbel(size=num_actions)` (one draw per slot, nothing else).
+
+    Returns:
+        float32 [B, A].
+    """
+    noise = np.stack([g.gumbel(size=num_actions) for g in generators]) * float(gumbel_scale)
+    return noise.astype(np.float32)
 
 
 def sample_actions(
