@@ -15,12 +15,13 @@ from rllib_barlowzero import BarlowZeroConfig
 from rllib_barlowzero.torch import barlowzero_torch_rl_module as module_file
 from rllib_barlowzero.torch.barlowzero_torch_rl_module import BarlowZeroTorchRLModule
 
-TINY = dict(
-    channels=8, blocks=1, reduced_channels_reward=2, reduced_channels_value=2,
-    reduced_channels_policy=2, resnet_fc_reward_layers=[8], resnet_fc_value_layers=[8],
-    resnet_fc_policy_layers=[8], lstm_hidden_size=8, support_size=5, proj_hid=16, proj_out=16,
-    pred_hid=8, pred_out=16, mlp_hidden_layers=[16], num_simulations=8, num_unroll_steps=3,
-)
+try:  # tests/ on sys.path (pytest's default import of test modules)
+    from tiny import MICRO_NETWORK
+except ImportError:  # tests/ imported as a package
+    from tests.tiny import MICRO_NETWORK
+
+TINY = dict(MICRO_NETWORK, lstm_hidden_size=8, mlp_hidden_layers=[16], num_simulations=8,
+            num_unroll_steps=3)
 IMAGE_SHAPE = (6, 12, 12)  # 2 stacked RGB frames
 
 

@@ -6,18 +6,18 @@ import os
 
 import numpy as np
 import pytest
-import ray
 
 from rllib_barlowzero import BarlowZeroConfig
+
+try:  # tests/ on sys.path (pytest's default import of test modules)
+    from tiny import MICRO_ATARI
+except ImportError:  # tests/ imported as a package
+    from tests.tiny import MICRO_ATARI
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def test_breakout_tiny_network_trains_and_evaluates():
@@ -26,11 +26,7 @@ def test_breakout_tiny_network_trains_and_evaluates():
         .environment("BreakoutNoFrameskip-v4")
         .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=20)
         .training(
-            channels=8, reduced_channels_reward=2, reduced_channels_value=2,
-            reduced_channels_policy=2, resnet_fc_reward_layers=[8], resnet_fc_value_layers=[8],
-            resnet_fc_policy_layers=[8], lstm_hidden_size=16, support_size=10, proj_hid=32,
-            proj_out=32, pred_hid=16, pred_out=32, num_simulations=3, batch_size=4,
-            history_length=20, num_steps_sampled_before_learning_starts=20, replay_ratio=0.05,
+            **MICRO_ATARI, num_steps_sampled_before_learning_starts=20, replay_ratio=0.05,
             max_moves=40,
         )
         .evaluation(evaluation_duration=1, evaluation_num_env_runners=0)

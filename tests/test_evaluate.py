@@ -26,6 +26,11 @@ from rllib_barlowzero.evaluate import (
     summary_statistics,
 )
 
+try:  # tests/ on sys.path (pytest's default import of test modules)
+    from tiny import MICRO_ATARI
+except ImportError:  # tests/ imported as a package
+    from tests.tiny import MICRO_ATARI
+
 REPO = Path(__file__).resolve().parents[1]
 RLLIB = str(Path(sys.executable).with_name("rllib"))
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
@@ -43,11 +48,7 @@ def breakout_checkpoint(tmp_path_factory) -> Path:
         .environment("BreakoutNoFrameskip-v4")
         .env_runners(num_env_runners=0, num_envs_per_env_runner=1, rollout_fragment_length=10)
         .training(
-            channels=8, reduced_channels_reward=2, reduced_channels_value=2,
-            reduced_channels_policy=2, resnet_fc_reward_layers=[8], resnet_fc_value_layers=[8],
-            resnet_fc_policy_layers=[8], lstm_hidden_size=16, support_size=10, proj_hid=32,
-            proj_out=32, pred_hid=16, pred_out=32, num_simulations=3, batch_size=4,
-            history_length=20, max_moves=MAX_MOVES,
+            **MICRO_ATARI, max_moves=MAX_MOVES,
         )
         .evaluation(evaluation_num_env_runners=0)
         .debugging(seed=0)

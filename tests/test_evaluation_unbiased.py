@@ -15,7 +15,6 @@ from collections import Counter
 import gymnasium as gym
 import numpy as np
 import pytest
-import ray
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.tune.registry import register_env
@@ -23,6 +22,11 @@ from ray.tune.registry import register_env
 from rllib_barlowzero import BarlowZeroConfig
 from rllib_barlowzero.env_runner import BarlowZeroEnvRunner, episode_quotas
 from rllib_barlowzero.evaluate import _on_episode_end, format_table, play_games
+
+try:  # tests/ on sys.path (pytest's default import of test modules)
+    from tiny import MICRO_NETWORK
+except ImportError:  # tests/ imported as a package
+    from tests.tiny import MICRO_NETWORK
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -32,11 +36,8 @@ NUM_ENVS = 4  # per evaluation env runner
 EPISODES = 8
 
 TINY = dict(
-    channels=8, blocks=1, reduced_channels_reward=2, reduced_channels_value=2,
-    reduced_channels_policy=2, resnet_fc_reward_layers=[8], resnet_fc_value_layers=[8],
-    resnet_fc_policy_layers=[8], lstm_hidden_size=16, support_size=5, proj_hid=16, proj_out=16,
-    pred_hid=8, pred_out=16, mlp_hidden_layers=[16], num_simulations=2, batch_size=4,
-    history_length=20, num_steps_sampled_before_learning_starts=10_000, stacked_observations=2,
+    MICRO_NETWORK, mlp_hidden_layers=[16], num_simulations=2, batch_size=4, history_length=20,
+    num_steps_sampled_before_learning_starts=10_000, stacked_observations=2,
 )
 
 
@@ -115,12 +116,9 @@ def tiny_config(**env_config) -> BarlowZeroConfig:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def registered_env(ray_session):
     # After ray.init: a Tune registration does not survive an earlier test file's ray.shutdown.
     register_env(ENV, VariableLengthEnv)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

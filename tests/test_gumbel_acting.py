@@ -29,22 +29,22 @@ from rllib_barlowzero.torch.networks import BarlowZeroNetwork
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 try:  # tests/ on sys.path (pytest's default import of test modules)
-    from tiny import tiny_cartpole_config
+    from tiny import MICRO_NETWORK, plain_recurrent_fn, plain_vector_network, tiny_cartpole_config
 except ImportError:  # tests/ imported as a package
-    from tests.tiny import tiny_cartpole_config
+    from tests.tiny import (
+        MICRO_NETWORK,
+        plain_recurrent_fn,
+        plain_vector_network,
+        tiny_cartpole_config,
+    )
 
 NUM_ACTIONS = 4
 OBS_DIM = 8
 # Non-default Gumbel settings, with fewer considered actions than actions.
 GUMBEL = dict(search_algorithm="gumbel", max_num_considered_actions=3, gumbel_scale=0.7,
               value_scale=0.15, maxvisit_init=30.0)
-TINY = dict(
-    channels=8, blocks=1, reduced_channels_reward=2, reduced_channels_value=2,
-    reduced_channels_policy=2, resnet_fc_reward_layers=[8], resnet_fc_value_layers=[8],
-    resnet_fc_policy_layers=[8], lstm_hidden_size=8, support_size=5, proj_hid=16, proj_out=16,
-    pred_hid=8, pred_out=16, mlp_hidden_layers=[16], num_simulations=7, lstm_horizon_len=2,
-    discount=0.9,
-)
+TINY = dict(MICRO_NETWORK, lstm_hidden_size=8, mlp_hidden_layers=[16], num_simulations=7,
+            lstm_horizon_len=2, discount=0.9)
 
 
 def perturb(module: torch.nn.Module, seed: int) -> None:
@@ -72,21 +72,7 @@ def direct_gumbel_search(net: torch.nn.Module, obs: torch.Tensor, cfg: MCTSConfi
                          gumbel: np.ndarray) -> GumbelSearchOutput:
     """The Gumbel search written out plainly, with GUMBEL's settings."""
     with torch.no_grad():
-        root = net.initial_inference(obs)
-        states, lstm = [root.state], [net.initial_lstm_state(obs.shape[0], obs.device)]
-
-        def recurrent_fn(parent_ids, actions, depths):
-            rows = range(obs.shape[0])
-            state = torch.stack([states[p][b] for b, p in zip(rows, parent_ids, strict=True)])
-            h = torch.stack([lstm[p][0][0, b] for b, p in zip(rows, parent_ids, strict=True)])
-            c = torch.stack([lstm[p][1][0, b] for b, p in zip(rows, parent_ids, strict=True)])
-            reset = torch.as_tensor((np.asarray(depths) - 1) % cfg.lstm_horizon_len == 0)[:, None]
-            h, c = torch.where(reset, 0.0, h), torch.where(reset, 0.0, c)
-            out = net.recurrent_inference(state, (h[None], c[None]), torch.as_tensor(actions))
-            states.append(out.state)
-            lstm.append(out.lstm_state)
-            return out.value_prefix.numpy(), out.value.numpy(), out.policy_logits.numpy()
-
+        root, recurrent_fn = plain_recurrent_fn(net, obs, cfg.lstm_horizon_len)
         return run_gumbel_mcts(
             root.policy_logits.numpy(), root.value.numpy(), recurrent_fn, cfg, gumbel,
             max_num_considered_actions=GUMBEL["max_num_considered_actions"],
@@ -140,12 +126,7 @@ def test_greedy_acting_uses_no_noise_and_draws_nothing():
 
 
 def make_network(seed: int) -> BarlowZeroNetwork:
-    net = BarlowZeroNetwork((OBS_DIM,), NUM_ACTIONS, channels=4, lstm_hidden_size=8,
-                            support_size=5, resnet_fc_reward_layers=(8,),
-                            resnet_fc_value_layers=(8,), resnet_fc_policy_layers=(8,),
-                            reduced_channels_reward=2, reduced_channels_value=2,
-                            reduced_channels_policy=2, mlp_hidden_layers=(8,),
-                            consistency_loss="none")
+    net = plain_vector_network(OBS_DIM, NUM_ACTIONS)
     perturb(net, seed)
     return net.eval()
 

@@ -10,7 +10,6 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
-import ray
 import torch
 
 from rllib_barlowzero import BarlowZeroConfig
@@ -28,6 +27,11 @@ from rllib_barlowzero.torch.networks import (
     BarlowZeroNetwork,
     choose_downsample,
 )
+
+try:  # tests/ on sys.path (pytest's default import of test modules)
+    from tiny import MICRO_NETWORK
+except ImportError:  # tests/ imported as a package
+    from tests.tiny import MICRO_NETWORK
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -292,10 +296,7 @@ def test_yaml_experiment_with_a_minatar_env_passes_the_checks():
 # -- whole algorithm -------------------------------------------------------------------------------
 
 TINY = dict(
-    channels=8, blocks=1, reduced_channels_reward=2, reduced_channels_value=2,
-    reduced_channels_policy=2, resnet_fc_reward_layers=[8], resnet_fc_value_layers=[8],
-    resnet_fc_policy_layers=[8], lstm_hidden_size=16, support_size=5, proj_hid=16, proj_out=16,
-    pred_hid=8, pred_out=16, num_simulations=4, batch_size=8, history_length=20,
+    MICRO_NETWORK, num_simulations=4, batch_size=8, history_length=20,
     num_steps_sampled_before_learning_starts=40, replay_ratio=0.05, training_steps=100,
     stacked_observations=2, max_moves=60,
 )
@@ -310,13 +311,6 @@ def tiny_config(env: str, **training) -> BarlowZeroConfig:
         .evaluation(evaluation_duration=2, evaluation_num_env_runners=0)
         .debugging(seed=0)
     )
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _train_evaluate_checkpoint(config: BarlowZeroConfig, frame: tuple[int, int, int], tmp_path):

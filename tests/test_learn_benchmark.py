@@ -31,15 +31,12 @@ def _load_learn():
 
 
 learn = _load_learn()
+try:  # tests/ on sys.path (pytest's default import of test modules)
+    from tiny import TINY_CARTPOLE
+except ImportError:  # tests/ imported as a package
+    from tests.tiny import TINY_CARTPOLE
 
-TINY = dict(
-    channels=16, blocks=1, reduced_channels_reward=4, reduced_channels_value=4,
-    reduced_channels_policy=4, resnet_fc_reward_layers=[16], resnet_fc_value_layers=[16],
-    resnet_fc_policy_layers=[16], lstm_hidden_size=32, support_size=10, proj_hid=32, proj_out=32,
-    pred_hid=16, pred_out=32, mlp_hidden_layers=[32], num_simulations=4, batch_size=16,
-    history_length=50, num_steps_sampled_before_learning_starts=100, replay_ratio=0.1,
-    training_steps=1000, stacked_observations=1, target_update_interval=5,
-)
+TINY = dict(TINY_CARTPOLE, num_simulations=4, stacked_observations=1)
 ENV_STEPS, EVAL_EVERY, EVAL_EPISODES = 300, 150, 2
 STEPS_PER_ITERATION = 100  # 4 envs x 25 steps
 
@@ -66,15 +63,6 @@ def tiny_experiment(**config) -> dict:
 # --------------------------------------------------------------------------------------------
 # End to end: two invocations, one record
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def without_timing(curve: list[dict]) -> list[dict]:
     return [{k: v for k, v in p.items() if k not in ("wall_s", "eval_s")} for p in curve]
 

@@ -14,6 +14,11 @@ from rllib_barlowzero.streams import REANALYZE_STREAM
 from rllib_barlowzero.targets import off_policy_td_steps
 from rllib_barlowzero.torch.networks import BarlowZeroNetwork
 
+try:  # tests/ on sys.path (pytest's default import of test modules)
+    from tiny import plain_recurrent_fn, plain_vector_network
+except ImportError:  # tests/ imported as a package
+    from tests.tiny import plain_recurrent_fn, plain_vector_network
+
 NUM_ACTIONS = 3
 OBS_DIM = 4
 
@@ -27,12 +32,7 @@ def make_config(**training) -> BarlowZeroConfig:
 
 def make_network(seed: int = 0) -> BarlowZeroNetwork:
     torch.manual_seed(seed)
-    net = BarlowZeroNetwork((OBS_DIM * 2,), NUM_ACTIONS, channels=4, lstm_hidden_size=8,
-                            support_size=5, resnet_fc_reward_layers=(8,),
-                            resnet_fc_value_layers=(8,), resnet_fc_policy_layers=(8,),
-                            reduced_channels_reward=2, reduced_channels_value=2,
-                            reduced_channels_policy=2, mlp_hidden_layers=(8,),
-                            consistency_loss="none")
+    net = plain_vector_network(OBS_DIM * 2, NUM_ACTIONS)
     # Non-zero heads so that values and priors differ between nodes.
     for p in net.parameters():
         p.data.normal_(0, 0.5)
@@ -62,22 +62,7 @@ def direct_search(net: BarlowZeroNetwork, obs: torch.Tensor, cfg: MCTSConfig,
                   noise: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """The search written out plainly: one list entry of states per simulation."""
     with torch.no_grad():
-        root = net.initial_inference(obs)
-        states, lstm = [root.state], [net.initial_lstm_state(obs.shape[0], obs.device)]
-
-        def recurrent_fn(parent_ids, actions, depths):
-            rows = range(obs.shape[0])
-            state = torch.stack([states[p][b] for b, p in zip(rows, parent_ids, strict=True)])
-            h = torch.stack([lstm[p][0][0, b] for b, p in zip(rows, parent_ids, strict=True)])
-            c = torch.stack([lstm[p][1][0, b] for b, p in zip(rows, parent_ids, strict=True)])
-            parent_depth = np.asarray(depths) - 1
-            reset = torch.as_tensor(parent_depth % cfg.lstm_horizon_len == 0)[:, None]
-            h, c = torch.where(reset, 0.0, h), torch.where(reset, 0.0, c)
-            out = net.recurrent_inference(state, (h[None], c[None]), torch.as_tensor(actions))
-            states.append(out.state)
-            lstm.append(out.lstm_state)
-            return out.value_prefix.numpy(), out.value.numpy(), out.policy_logits.numpy()
-
+        root, recurrent_fn = plain_recurrent_fn(net, obs, cfg.lstm_horizon_len)
         result = run_mcts(root.policy_logits.numpy(), root.value.numpy(), recurrent_fn, cfg,
                           noise=noise, seed=seed)
     return result.visit_counts

@@ -58,12 +58,12 @@ from rllib_barlowzero.torch.barlowzero_torch_rl_module import (  # noqa: E402
     BarlowZeroTorchRLModule,
 )
 
-TINY = dict(
-    channels=16, blocks=1, reduced_channels_reward=4, reduced_channels_value=4,
-    reduced_channels_policy=4, resnet_fc_reward_layers=[16], resnet_fc_value_layers=[16],
-    resnet_fc_policy_layers=[16], lstm_hidden_size=32, support_size=10, proj_hid=32, proj_out=32,
-    pred_hid=16, pred_out=32, mlp_hidden_layers=[32], num_simulations=8,
-)
+try:  # tests/ on sys.path (pytest's default import of test modules)
+    from tiny import TINY_NETWORK  # noqa: E402
+except ImportError:  # tests/ imported as a package
+    from tests.tiny import TINY_NETWORK  # noqa: E402
+
+TINY = dict(TINY_NETWORK, num_simulations=8)
 NUM_SIMULATIONS = TINY["num_simulations"]
 IMAGE_SHAPE = (12, 96, 96)
 VECTOR_SPEC = ObservationSpec(shape=(8,), dtype=np.dtype("float32"), num_actions=2)

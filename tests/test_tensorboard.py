@@ -8,11 +8,15 @@ import shutil
 
 import numpy as np
 import pytest
-import ray
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rllib_barlowzero import BarlowZeroConfig
 from rllib_barlowzero.tensorboard import TensorBoardCallback, flatten_scalars
+
+try:  # tests/ on sys.path (pytest's default import of test modules)
+    from tiny import TINY_CARTPOLE
+except ImportError:  # tests/ imported as a package
+    from tests.tiny import TINY_CARTPOLE
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -46,13 +50,6 @@ def test_flatten_scalars_nests_tags_and_skips_non_scalars():
     }
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_callback_writes_every_metric_from_a_plain_train_loop(ray_session, tmp_path):
     class TensorBoardHere(TensorBoardCallback):
         logdir = str(tmp_path / "tb")
@@ -62,12 +59,7 @@ def test_callback_writes_every_metric_from_a_plain_train_loop(ray_session, tmp_p
         .environment("CartPole-v1")
         .env_runners(num_env_runners=0, num_envs_per_env_runner=4, rollout_fragment_length=25)
         .training(
-            channels=16, blocks=1, reduced_channels_reward=4, reduced_channels_value=4,
-            reduced_channels_policy=4, resnet_fc_reward_layers=[16], resnet_fc_value_layers=[16],
-            resnet_fc_policy_layers=[16], lstm_hidden_size=32, support_size=10, proj_hid=32,
-            proj_out=32, pred_hid=16, pred_out=32, mlp_hidden_layers=[32], num_simulations=8,
-            batch_size=16, history_length=50, num_steps_sampled_before_learning_starts=50,
-            replay_ratio=0.1, training_steps=1000, stacked_observations=2,
+            **{**TINY_CARTPOLE, "num_steps_sampled_before_learning_starts": 50},
         )
         .evaluation(evaluation_interval=1, evaluation_duration=1, evaluation_num_env_runners=0)
         .callbacks(TensorBoardHere)
