@@ -340,8 +340,8 @@ class BarlowZeroConfig(AlgorithmConfig):
                 Danihelka et al. 2022: acting plays the search's action, exploring with Gumbel
                 noise and greedy without; policy targets are its improved policy). The pUCT
                 settings (`dirichlet_alpha`, `root_exploration_fraction`, `pb_c_base`,
-                `pb_c_init`, `value_delta_max`, `fixed_temperature`) do nothing with "gumbel",
-                the next four nothing with "puct".
+                `pb_c_init`, `value_delta_max`, `fixed_temperature`) must keep their defaults
+                with "gumbel", the next four with "puct" (each search refuses the other's).
             max_num_considered_actions: Gumbel: root actions sequential halving starts from
                 (an integer >= 1; the Gumbel MuZero paper's 16).
             gumbel_scale: Gumbel: scale of the root Gumbel noise when acting to explore and in
@@ -408,6 +408,12 @@ class BarlowZeroConfig(AlgorithmConfig):
     @property
     def _model_config_auto_includes(self) -> dict[str, Any]:
         return super()._model_config_auto_includes | {k: getattr(self, k) for k in MODEL_KEYS}
+
+
+# Settings read by one search only (see `search_algorithm`); the other refuses non-default values.
+PUCT_ONLY_KEYS = ("dirichlet_alpha", "root_exploration_fraction", "pb_c_base", "pb_c_init",
+                  "value_delta_max", "fixed_temperature")
+GUMBEL_ONLY_KEYS = ("max_num_considered_actions", "gumbel_scale", "value_scale", "maxvisit_init")
 
 
 def _validate_training_values(config: BarlowZeroConfig) -> None:
@@ -497,10 +503,14 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
         not _is_real(config.fixed_temperature) or config.fixed_temperature <= 0
     ):
         fail("fixed_temperature", "None (EfficientZero's schedule) or a number > 0")
+    # A setting of the other search would be accepted and then ignored: refuse it instead.
+    other_search_keys = GUMBEL_ONLY_KEYS if config.search_algorithm == "puct" else PUCT_ONLY_KEYS
+    for key in other_search_keys:
+        if getattr(config, key) != TRAINING_DEFAULTS[key]:
+            fail(key, f"its default {TRAINING_DEFAULTS[key]!r} with search_algorithm="
+                 f"{config.search_algorithm!r}: it is a setting of the other search, unused by "
+                 "this one")
     if config.search_algorithm == "gumbel":
-        if config.fixed_temperature is not None:
-            fail("fixed_temperature", "None with search_algorithm='gumbel' (Gumbel acting plays "
-                 "the search's action; there is no visit temperature)")
         if not math.isfinite((config.maxvisit_init + config.num_simulations) * config.value_scale):
             fail("value_scale", "small enough that (maxvisit_init + num_simulations) * "
                  "value_scale is finite")

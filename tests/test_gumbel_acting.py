@@ -199,6 +199,23 @@ def test_a_fixed_temperature_is_refused_with_the_gumbel_search():
     BarlowZeroConfig().environment("CartPole-v1").training(**GUMBEL).validate()
 
 
+@pytest.mark.parametrize("search, key, value", [
+    ("gumbel", "dirichlet_alpha", 0.1), ("gumbel", "root_exploration_fraction", 0.5),
+    ("gumbel", "pb_c_base", 1000), ("gumbel", "pb_c_init", 2.0), ("gumbel", "value_delta_max", 0.1),
+    ("puct", "max_num_considered_actions", 4), ("puct", "gumbel_scale", 0.5),
+    ("puct", "value_scale", 0.2), ("puct", "maxvisit_init", 10.0),
+])
+def test_a_setting_of_the_other_search_is_refused_not_ignored(search, key, value):
+    config = BarlowZeroConfig().environment("CartPole-v1").training(search_algorithm=search,
+                                                                    **{key: value})
+    with pytest.raises(ValueError, match=f"`{key}`={value!r}.*search_algorithm='{search}'"):
+        config.validate()
+    # The same value is taken by the search that reads it.
+    own = "puct" if search == "gumbel" else "gumbel"
+    BarlowZeroConfig().environment("CartPole-v1").training(search_algorithm=own,
+                                                           **{key: value}).validate()
+
+
 def test_serve_answers_with_the_real_visit_counts_and_the_improved_policy(tmp_path):
     from rllib_barlowzero.serve import BarlowZeroDeployment
 

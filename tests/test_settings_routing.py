@@ -21,7 +21,7 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 
 from rllib_barlowzero import BarlowZeroConfig
-from rllib_barlowzero.barlowzero import TRAINING_DEFAULTS
+from rllib_barlowzero.barlowzero import GUMBEL_ONLY_KEYS, PUCT_ONLY_KEYS, TRAINING_DEFAULTS
 from rllib_barlowzero.reanalyze import Reanalyzer
 from rllib_barlowzero.torch import search as search_module
 from rllib_barlowzero.torch.barlowzero_torch_learner import learning_rate
@@ -43,8 +43,9 @@ NON_DEFAULT = dict(
     root_exploration_fraction=0.3, pb_c_base=19000, pb_c_init=1.2, value_delta_max=0.02,
     support_size=9, state_normalization=True, reanalyze_noise=False, mlp_hidden_layers=[30],
     fixed_temperature=0.7,
-    # The run searches with pUCT (fixed_temperature is pUCT's); the Gumbel settings are checked
-    # on a Gumbel module and reanalyzer built from the same config (see below).
+    # The run searches with pUCT (fixed_temperature is pUCT's), with the Gumbel settings at their
+    # defaults (pUCT refuses others); these are checked on a Gumbel module and reanalyzer built
+    # from the same config with the pUCT settings at their defaults instead (see below).
     search_algorithm="puct", max_num_considered_actions=3, gumbel_scale=0.6, value_scale=0.2,
     maxvisit_init=40.0,
     target_update_interval=3, lr_warmup_steps=7, replay_capacity=5000, replay_ratio=0.15,
@@ -55,6 +56,10 @@ NON_DEFAULT = dict(
     num_gpus_per_reanalyze_worker=0, mixed_precision=False,
 )
 NEEDS_A_GPU = {"num_gpus_per_reanalyze_worker", "mixed_precision"}
+# What the pUCT run and the Gumbel module are built with: each search's own settings non-default.
+PUCT_RUN = {**NON_DEFAULT, **{k: TRAINING_DEFAULTS[k] for k in GUMBEL_ONLY_KEYS}}
+GUMBEL_RUN = {**NON_DEFAULT, **{k: TRAINING_DEFAULTS[k] for k in PUCT_ONLY_KEYS},
+              "search_algorithm": "gumbel"}
 
 # Keys read once, at setup, to build the replay buffer and the env: checked on what was built.
 SETUP_KEYS = {
@@ -100,16 +105,18 @@ class RecordingDict(dict):
         return default
 
 
-def assert_delivered(reads: dict[str, Any], who: str) -> set[str]:
-    """Every training key `who` read holds the config's (non-default) value."""
+def assert_delivered(reads: dict[str, Any], who: str,
+                     config: dict[str, Any] = PUCT_RUN) -> set[str]:
+    """Every training key `who` read holds `config`'s value; returns the keys read with a
+    non-default value."""
     ours = {k: v for k, v in reads.items() if k in TRAINING_DEFAULTS}
     for key, value in ours.items():
-        expected = NON_DEFAULT[key]
+        expected = config[key]
         if isinstance(expected, list):
             assert list(value) == expected, (who, key)
         else:
             assert value == pytest.approx(expected), (who, key)
-    return set(ours)
+    return {k for k in ours if config[k] == NON_DEFAULT[k]}
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +131,7 @@ def algo():
         BarlowZeroConfig()
         .environment("CartPole-v1")
         .env_runners(num_env_runners=0, num_envs_per_env_runner=3, rollout_fragment_length=20)
-        .training(lr=0.03, **NON_DEFAULT)
+        .training(lr=0.03, **PUCT_RUN)
         .evaluation(evaluation_duration=2, evaluation_num_env_runners=0)
         .debugging(seed=3)
     )
@@ -174,8 +181,9 @@ def test_every_setting_reaches_its_reader_with_the_configs_value(algo, monkeypat
     read |= assert_delivered(model_config.reads, "module")
 
     # The Gumbel search: a module and a reanalyzer of the same config with
-    # search_algorithm="gumbel" (and no fixed_temperature, which Gumbel refuses). Each search
-    # must get the config's Gumbel settings, and exploration Gumbel noise times gumbel_scale.
+    # search_algorithm="gumbel", its settings non-default and pUCT's at their defaults (Gumbel
+    # refuses others). Each search must get the config's Gumbel settings, and exploration Gumbel
+    # noise times gumbel_scale.
     calls: list[dict[str, Any]] = []
     run_gumbel_mcts = search_module.run_gumbel_mcts
 
@@ -184,8 +192,7 @@ def test_every_setting_reaches_its_reader_with_the_configs_value(algo, monkeypat
         return run_gumbel_mcts(*args, **kwargs)
 
     monkeypatch.setattr(search_module, "run_gumbel_mcts", recording_run_gumbel_mcts)
-    gumbel_config = real_config.copy(copy_frozen=False).training(search_algorithm="gumbel",
-                                                                 fixed_temperature=None)
+    gumbel_config = real_config.copy(copy_frozen=False).training(**GUMBEL_RUN)
     gumbel_config.validate()
     gumbel_spec = gumbel_config.get_rl_module_spec(spaces=algo.env_runner_group.get_spaces())
     gumbel_model_config = RecordingDict(gumbel_spec.model_config)
@@ -208,7 +215,7 @@ def test_every_setting_reaches_its_reader_with_the_configs_value(algo, monkeypat
             3, 0.2, 40.0, 6, 2)
     gumbel_reads = {k: v for k, v in gumbel_model_config.reads.items() if k != "search_algorithm"}
     assert gumbel_model_config.reads["search_algorithm"] == "gumbel"
-    read |= assert_delivered(gumbel_reads, "gumbel module")
+    read |= assert_delivered(gumbel_reads, "gumbel module", GUMBEL_RUN)
 
     # The learner's loss and schedule.
     learner_config = Recorder(real_config)
