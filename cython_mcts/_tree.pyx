@@ -325,6 +325,59 @@ cdef cnp.ndarray _output_f32(object obj, str name, intp B, intp A):
     return arr
 
 
+
+cdef tuple _leaf_outputs(object recurrent_fn, const int32_t* pend_parent,
+                         const int32_t* pend_action, const int32_t* depth, intp B, intp A,
+                         intp M, intp sim):
+    """Calls `recurrent_fn` once for the pending leaf of every root (simulation `sim`).
+
+    The leaf of root b is child `pend_action[b]` of node `pend_parent[b]`; `depth` is the node
+    depth table [B, M]. Returns its outputs (value_prefix float32[B], value float32[B], logits
+    float32[B, A]) as C-contiguous arrays, after checking shapes and finiteness.
+    """
+    cdef cnp.npy_intp dims[1]
+    dims[0] = B
+    # Fresh arrays each call: the callback may keep them.
+    cdef cnp.ndarray parent_ids = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+    cdef cnp.ndarray actions = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+    cdef cnp.ndarray depths = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+    cdef int64_t* pid_p = <int64_t*>cnp.PyArray_DATA(parent_ids)
+    cdef int64_t* act_p = <int64_t*>cnp.PyArray_DATA(actions)
+    cdef int64_t* dep_p = <int64_t*>cnp.PyArray_DATA(depths)
+    cdef intp b
+    for b in range(B):
+        pid_p[b] = pend_parent[b]
+        act_p[b] = pend_action[b]
+        dep_p[b] = depth[b * M + pend_parent[b]] + 1
+    result = recurrent_fn(parent_ids, actions, depths)
+    try:
+        out_vp, out_val, out_lg = result
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            "recurrent_fn must return a tuple (value_prefix float32[B], value float32[B], "
+            f"logits float32[B, A]); got {type(result).__name__}") from exc
+    cdef cnp.ndarray vp_arr = _output_f32(out_vp, "value_prefix", B, -1)
+    cdef cnp.ndarray val_arr = _output_f32(out_val, "value", B, -1)
+    cdef cnp.ndarray lg_arr = _output_f32(out_lg, "logits", B, A)
+    cdef const float* vp_p = <const float*>cnp.PyArray_DATA(vp_arr)
+    cdef const float* val_p = <const float*>cnp.PyArray_DATA(val_arr)
+    cdef const float* lg_p = <const float*>cnp.PyArray_DATA(lg_arr)
+    cdef intp bad_vp, bad_val, bad_lg
+    with nogil:
+        bad_vp = first_nonfinite(vp_p, B)
+        bad_val = first_nonfinite(val_p, B)
+        bad_lg = first_nonfinite(lg_p, B * A)
+    if bad_vp >= 0 or bad_val >= 0 or bad_lg >= 0:
+        if bad_vp >= 0:
+            name, where = "value_prefix", f"[{bad_vp}]"
+        elif bad_val >= 0:
+            name, where = "value", f"[{bad_val}]"
+        else:
+            name, where = "logits", f"[{bad_lg // A}, {bad_lg % A}]"
+        raise ValueError(
+            f"recurrent_fn output {name} has a non-finite value at {where} (simulation {sim})")
+    return vp_arr, val_arr, lg_arr
+
 cdef cnp.ndarray _buffer(intp n, object dtype):
     return np.zeros(n, dtype=dtype)
 
@@ -483,61 +536,21 @@ def search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn
             st.rng[b] = bz_root_state(seed_p[b], <uint64_t>b)
             select_leaf(&st, b)
 
-    cdef cnp.npy_intp dims[1]
-    dims[0] = B
-    cdef cnp.ndarray parent_ids, actions, depths
-    cdef int64_t* pid_p
-    cdef int64_t* act_p
-    cdef int64_t* dep_p
     cdef cnp.ndarray vp_arr, val_arr, lg_arr
     cdef const float* vp_p
     cdef const float* val_p
     cdef const float* lg_p
-    cdef intp bad_vp, bad_val, bad_lg
     for sim in range(1, M):
-        # Fresh arrays each call: the callback may keep them.
-        parent_ids = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
-        actions = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
-        depths = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
-        pid_p = <int64_t*>cnp.PyArray_DATA(parent_ids)
-        act_p = <int64_t*>cnp.PyArray_DATA(actions)
-        dep_p = <int64_t*>cnp.PyArray_DATA(depths)
-        for b in range(B):
-            pid_p[b] = st.pend_parent[b]
-            act_p[b] = st.pend_action[b]
-            dep_p[b] = st.depth[b * M + st.pend_parent[b]] + 1
-        result = recurrent_fn(parent_ids, actions, depths)
-        try:
-            out_vp, out_val, out_lg = result
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                "recurrent_fn must return a tuple (value_prefix float32[B], value float32[B], "
-                f"logits float32[B, A]); got {type(result).__name__}") from exc
-        vp_arr = _output_f32(out_vp, "value_prefix", B, -1)
-        val_arr = _output_f32(out_val, "value", B, -1)
-        lg_arr = _output_f32(out_lg, "logits", B, A)
+        vp_arr, val_arr, lg_arr = _leaf_outputs(recurrent_fn, st.pend_parent, st.pend_action,
+                                                st.depth, B, A, M, sim)
         vp_p = <const float*>cnp.PyArray_DATA(vp_arr)
         val_p = <const float*>cnp.PyArray_DATA(val_arr)
         lg_p = <const float*>cnp.PyArray_DATA(lg_arr)
         with nogil:
-            bad_vp = first_nonfinite(vp_p, B)
-            bad_val = first_nonfinite(val_p, B)
-            bad_lg = first_nonfinite(lg_p, B * A)
-            if bad_vp < 0 and bad_val < 0 and bad_lg < 0:
-                for b in range(B):
-                    expand_backup(&st, b, sim, vp_p, val_p, lg_p)
-                    if sim + 1 < M:
-                        select_leaf(&st, b)
-        if bad_vp >= 0 or bad_val >= 0 or bad_lg >= 0:
-            if bad_vp >= 0:
-                name, where = "value_prefix", f"[{bad_vp}]"
-            elif bad_val >= 0:
-                name, where = "value", f"[{bad_val}]"
-            else:
-                name, where = "logits", f"[{bad_lg // A}, {bad_lg % A}]"
-            raise ValueError(
-                f"recurrent_fn output {name} has a non-finite value at {where} "
-                f"(simulation {sim})")
+            for b in range(B):
+                expand_backup(&st, b, sim, vp_p, val_p, lg_p)
+                if sim + 1 < M:
+                    select_leaf(&st, b)
 
     cdef cnp.ndarray counts = np.zeros((B, A), dtype=np.int32)
     cdef cnp.ndarray values = np.empty(B, dtype=np.float32)
@@ -966,60 +979,21 @@ def gumbel_search(cnp.ndarray root_logits, cnp.ndarray root_values, object recur
             st.raw[b * M] = <double>rv[b]
             gumbel_select_leaf(&st, b)
 
-    cdef cnp.npy_intp dims[1]
-    dims[0] = B
-    cdef cnp.ndarray parent_ids, actions, depths
-    cdef int64_t* pid_p
-    cdef int64_t* act_p
-    cdef int64_t* dep_p
     cdef cnp.ndarray vp_arr, val_arr, lg_arr
     cdef const float* vp_p
     cdef const float* val_p
     cdef const float* lg_p
-    cdef intp bad_vp, bad_val, bad_lg
     for sim in range(1, M):
-        parent_ids = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
-        actions = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
-        depths = <cnp.ndarray>cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
-        pid_p = <int64_t*>cnp.PyArray_DATA(parent_ids)
-        act_p = <int64_t*>cnp.PyArray_DATA(actions)
-        dep_p = <int64_t*>cnp.PyArray_DATA(depths)
-        for b in range(B):
-            pid_p[b] = st.pend_parent[b]
-            act_p[b] = st.pend_action[b]
-            dep_p[b] = st.depth[b * M + st.pend_parent[b]] + 1
-        result = recurrent_fn(parent_ids, actions, depths)
-        try:
-            out_vp, out_val, out_lg = result
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                "recurrent_fn must return a tuple (value_prefix float32[B], value float32[B], "
-                f"logits float32[B, A]); got {type(result).__name__}") from exc
-        vp_arr = _output_f32(out_vp, "value_prefix", B, -1)
-        val_arr = _output_f32(out_val, "value", B, -1)
-        lg_arr = _output_f32(out_lg, "logits", B, A)
+        vp_arr, val_arr, lg_arr = _leaf_outputs(recurrent_fn, st.pend_parent, st.pend_action,
+                                                st.depth, B, A, M, sim)
         vp_p = <const float*>cnp.PyArray_DATA(vp_arr)
         val_p = <const float*>cnp.PyArray_DATA(val_arr)
         lg_p = <const float*>cnp.PyArray_DATA(lg_arr)
         with nogil:
-            bad_vp = first_nonfinite(vp_p, B)
-            bad_val = first_nonfinite(val_p, B)
-            bad_lg = first_nonfinite(lg_p, B * A)
-            if bad_vp < 0 and bad_val < 0 and bad_lg < 0:
-                for b in range(B):
-                    gumbel_expand_backup(&st, b, sim, vp_p, val_p, lg_p)
-                    if sim + 1 < M:
-                        gumbel_select_leaf(&st, b)
-        if bad_vp >= 0 or bad_val >= 0 or bad_lg >= 0:
-            if bad_vp >= 0:
-                name, where = "value_prefix", f"[{bad_vp}]"
-            elif bad_val >= 0:
-                name, where = "value", f"[{bad_val}]"
-            else:
-                name, where = "logits", f"[{bad_lg // A}, {bad_lg % A}]"
-            raise ValueError(
-                f"recurrent_fn output {name} has a non-finite value at {where} "
-                f"(simulation {sim})")
+            for b in range(B):
+                gumbel_expand_backup(&st, b, sim, vp_p, val_p, lg_p)
+                if sim + 1 < M:
+                    gumbel_select_leaf(&st, b)
 
     cdef cnp.ndarray counts = np.zeros((B, A), dtype=np.int32)
     cdef cnp.ndarray values = np.empty(B, dtype=np.float32)
