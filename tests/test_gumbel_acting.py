@@ -190,17 +190,10 @@ def test_bad_gumbel_settings_are_refused_naming_the_key(key, value):
         config.validate()
 
 
-def test_a_fixed_temperature_is_refused_with_the_gumbel_search():
-    # Gumbel acting plays the search's action: a temperature would be accepted and ignored.
-    config = BarlowZeroConfig().environment("CartPole-v1").training(
-        search_algorithm="gumbel", fixed_temperature=0.25)
-    with pytest.raises(ValueError, match="`fixed_temperature`.*search_algorithm='gumbel'"):
-        config.validate()
-    BarlowZeroConfig().environment("CartPole-v1").training(**GUMBEL).validate()
-
-
 @pytest.mark.parametrize("search, key, value", [
-    ("gumbel", "dirichlet_alpha", 0.1), ("gumbel", "root_exploration_fraction", 0.5),
+    # Gumbel acting plays the search's action: a visit temperature would be ignored.
+    ("gumbel", "fixed_temperature", 0.25), ("gumbel", "dirichlet_alpha", 0.1),
+    ("gumbel", "root_exploration_fraction", 0.5),
     ("gumbel", "pb_c_base", 1000), ("gumbel", "pb_c_init", 2.0), ("gumbel", "value_delta_max", 0.1),
     ("puct", "max_num_considered_actions", 4), ("puct", "gumbel_scale", 0.5),
     ("puct", "value_scale", 0.2), ("puct", "maxvisit_init", 10.0),
@@ -210,6 +203,7 @@ def test_a_setting_of_the_other_search_is_refused_not_ignored(search, key, value
                                                                     **{key: value})
     with pytest.raises(ValueError, match=f"`{key}`={value!r}.*search_algorithm='{search}'"):
         config.validate()
+    BarlowZeroConfig().environment("CartPole-v1").training(**GUMBEL).validate()
     # The same value is taken by the search that reads it.
     own = "puct" if search == "gumbel" else "gumbel"
     BarlowZeroConfig().environment("CartPole-v1").training(search_algorithm=own,
