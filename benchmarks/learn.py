@@ -40,7 +40,8 @@ YAML file's stem unless `--name`), a list of runs:
                 "wall_s",            # training wall time so far, evaluations excluded
                 "eval_mean", "eval_min", "eval_max",  # greedy returns of the whole games
                 "episodes", "truncated",  # games played; those cut by a time or move limit
-                "eval_s"}],          # seconds the evaluation took
+                "eval_s",            # seconds the evaluation took
+                "checkpoint"}],      # with --save-checkpoints: where the algorithm was saved
      "final_eval_mean",              # the last point's eval_mean
      "threshold", "first_env_steps_at_or_above", "stays_at_or_above_after",  # with --threshold
      "wall_s"}                       # the whole run, evaluations included
@@ -288,9 +289,13 @@ def _sampled(result: dict[str, Any]) -> int:
 
 
 def train_run(run: RunSpec, env_steps: int, eval_every: int, threshold: float | None = None,
-              threads: int | None = None, log: Callable[[str], None] = print
-              ) -> dict[str, Any]:
-    """Trains one run to `env_steps`, evaluating at the fixed points; returns its record."""
+              threads: int | None = None, log: Callable[[str], None] = print,
+              checkpoint_dir: Path | None = None) -> dict[str, Any]:
+    """Trains one run to `env_steps`, evaluating at the fixed points; returns its record.
+
+    With `checkpoint_dir`, the algorithm is also saved at each point, to
+    `<checkpoint_dir>/<loss>_seed<seed>/env_steps_<point>` (the point's "checkpoint").
+    """
     import torch
     from ray.rllib.core import DEFAULT_MODULE_ID
 
@@ -337,6 +342,12 @@ def train_run(run: RunSpec, env_steps: int, eval_every: int, threshold: float | 
                     "truncated": int(evaluation.get("num_episodes_truncated", 0)),
                     "eval_s": round(seconds, 2),
                 }
+                if checkpoint_dir is not None:
+                    save_start = time.perf_counter()
+                    path = checkpoint_dir / f"{run.loss}_seed{run.seed}" / f"env_steps_{passed[-1]}"
+                    algo.save_to_path(str(path))
+                    point["checkpoint"] = str(path)
+                    eval_seconds += time.perf_counter() - save_start
                 curve.append(point)
                 log(f"{tag}: eval at {sampled} env steps (point {passed[-1]}), {training_steps} "
                     f"training steps: mean {point['eval_mean']:.1f}, min {point['eval_min']:g}, "
@@ -566,6 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in the main process (default: the algorithm's, "
                              "num_cpus_for_main_process)")
+    parser.add_argument("--save-checkpoints", default=None, metavar="DIR",
+                        help="also save the algorithm at each evaluation point, under "
+                             "DIR/<loss>_seed<seed>/env_steps_<point> (e.g. for "
+                             "benchmarks/cartpole_end_causes.py)")
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw the PNG from the JSON record and exit")
     return parser
@@ -629,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    checkpoint_dir = Path(args.save_checkpoints).resolve() if args.save_checkpoints else None
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -642,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run, (env_steps, eval_every) in zip(runs, schedules, strict=True):
             try:
-                record = train_run(run, env_steps, eval_every, args.threshold, args.threads, log)
+                record = train_run(run, env_steps, eval_every, args.threshold, args.threads, log,
+                                   checkpoint_dir)
             except BenchmarkError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -22,15 +23,17 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_learn():
-    spec = importlib.util.spec_from_file_location("benchmarks_learn", ROOT / "benchmarks/learn.py")
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}",
+                                                  ROOT / f"benchmarks/{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
     return module
 
 
-learn = _load_learn()
+learn = _load_benchmark("learn")
+end_causes = _load_benchmark("cartpole_end_causes")
 try:  # tests/ on sys.path (pytest's default import of test modules)
     from tiny import TINY_CARTPOLE
 except ImportError:  # tests/ imported as a package
@@ -81,8 +84,21 @@ def test_two_invocations_merge_into_one_record(ray_session, tmp_path, capsys):
     json_path, png_path = out / "learning_tiny_cartpole.json", out / "learning_tiny_cartpole.png"
     assert len(json.loads(json_path.read_text())) == 2  # written after the first invocation
 
-    assert learn.main([*common, "--losses", "barlow", "--seeds", "1"]) == 0
+    checkpoints = tmp_path / "checkpoints"
+    assert learn.main([*common, "--losses", "barlow", "--seeds", "1",
+                       "--save-checkpoints", str(checkpoints)]) == 0
     runs = json.loads(json_path.read_text())
+    # --save-checkpoints: the algorithm at each point, and replaying one greedily
+    # (cartpole_end_causes.py, as `rllib evaluate` loads it) plays the recorded games again. The
+    # first point: pUCT's greedy tie-breaking draws from the evaluation runner's streams, which
+    # later evaluations of the same run find advanced.
+    saved = runs[2]["curve"]
+    assert [p["checkpoint"] for p in saved] == [
+        str(checkpoints / "barlow_seed1" / f"env_steps_{t}") for t in (150, 300)]
+    replayed = end_causes.play_checkpoint(saved[0]["checkpoint"], EVAL_EPISODES)
+    assert replayed["eval_mean"] == pytest.approx(saved[0]["eval_mean"])
+    assert [g["return"] for g in replayed["games"]] == [g["length"] for g in replayed["games"]]
+    assert "checkpoint" not in runs[0]["curve"][0]  # only where asked for
     assert [(r["loss"], r["seed"]) for r in runs] == [("barlow", 0), ("none", 0), ("barlow", 1)]
     targets = learn.eval_targets(ENV_STEPS, EVAL_EVERY)
     assert targets == [150, 300]
@@ -272,3 +288,28 @@ def test_env_steps_default_and_fixed_points_and_threshold():
     assert learn.threshold_summary(curve[:2], 475)["stays_at_or_above_after"] is True
     assert learn.threshold_summary(curve, 600)["stays_at_or_above_after"] is False
     assert learn.threshold_summary(curve, None)["first_env_steps_at_or_above"] is None
+
+
+def test_cartpole_end_causes_agree_with_the_env():
+    """The end cause read from the last observation matches CartPole's own termination."""
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1")
+    for seed, start, push in [(0, [0.0, 0.0, 0.0, 0.0], 1), (1, [2.35, 2.0, 0.0, 0.0], 1),
+                              (2, [0.0, 0.0, 0.15, 1.0], 0), (3, [-2.35, -2.0, 0.0, 0.0], 0)]:
+        observation, _ = env.reset(seed=seed)
+        env.unwrapped.state = np.array(start)
+        observations, terminated = [np.array(start)], False
+        while not terminated:
+            observation, _, terminated, _, _ = env.step(push)
+            observations.append(observation)
+        game = end_causes.describe_game(np.array(observations), float(len(observations) - 1))
+        x, theta = observations[-1][0], observations[-1][2]
+        expected = "cart_out" if abs(x) > 2.4 else "pole_fell"
+        assert abs(x) > 2.4 or abs(theta) > 12 * np.pi / 180  # the env terminated for a reason
+        assert game["cause"] == expected
+        assert game["length"] == len(observations) - 1
+    assert {end_causes.end_cause(np.array([2.5, 0, 0, 0])),
+            end_causes.end_cause(np.array([0, 0, -0.3, 0])),
+            end_causes.end_cause(np.array([1.0, 0, 0.1, 0]))} == {
+        "cart_out", "pole_fell", "time_limit"}
