@@ -9,8 +9,9 @@ games. A game's end is read from its last observation (x, x_dot, theta, theta_do
 env's own thresholds (|x| > 2.4: the cart left the track; |theta| > 12 degrees: the pole fell);
 a game that ends with neither is cut by the time limit. The games are those of the training run's
 evaluation at that point whenever the greedy search draws no random numbers (Gumbel; pUCT breaks
-ties from the evaluation runner's streams, fresh here, advanced at a run's later points). Per game it also records where the cart
-went (final x, max |x|) and the pole's largest angle, so a drift shows even in games that last.
+ties from the evaluation runner's streams, fresh here, advanced at a run's later points). Per
+game it also records where the cart went (final x, max |x|) and the pole's largest angle, so a
+drift shows even in games that last.
 
 Writes `benchmarks/results/cartpole_end_causes_<name>.json`:
     [{"checkpoint", "episodes", "eval_mean", "causes": {"cart_out": n, "pole_fell": n,
