@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections import Counter
@@ -34,9 +33,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# CartPole-v1's termination thresholds (gymnasium.envs.classic_control.cartpole).
-X_THRESHOLD = 2.4
-THETA_THRESHOLD = 12 * 2 * math.pi / 360
+
+
+def _thresholds() -> tuple[float, float]:
+    """CartPole-v1's own termination thresholds: |x| (2.4) and |theta| in radians (12 degrees)."""
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1").unwrapped
+    return float(env.x_threshold), float(env.theta_threshold_radians)
+
+
+X_THRESHOLD, THETA_THRESHOLD = _thresholds()
 
 
 def end_cause(last_observation: np.ndarray) -> str:
@@ -63,13 +70,13 @@ def describe_game(observations: np.ndarray, game_return: float) -> dict[str, Any
 
 
 def play_checkpoint(checkpoint: str, episodes: int) -> dict[str, Any]:
-    from rllib_barlowzero.evaluate import _checkpoint_info, find_checkpoint, load_algorithm
+    from rllib_barlowzero.evaluate import find_checkpoint, load_algorithm, trained_config
 
     checkpoint = find_checkpoint(checkpoint)
-    trained_config = _checkpoint_info(Path(checkpoint))["ctor_args_and_kwargs"][0][0]
-    envs = int((trained_config.get("evaluation_config") or {}).get("num_envs_per_env_runner")
-               or trained_config["num_envs_per_env_runner"])
-    trained = trained_config["env"]
+    config = trained_config(checkpoint)
+    envs = int((config.get("evaluation_config") or {}).get("num_envs_per_env_runner")
+               or config["num_envs_per_env_runner"])
+    trained = config["env"]
     if trained != "CartPole-v1":
         raise SystemExit(f"error: {checkpoint} was trained on {trained!r}, not CartPole-v1")
     algo = load_algorithm(checkpoint, seed=None, envs_per_env_runner=envs)

@@ -52,6 +52,7 @@ __all__ = [
     "check_module_files",
     "find_checkpoint",
     "format_table",
+    "trained_config",
     "load_algorithm",
     "play_games",
     "check_video",
@@ -92,6 +93,11 @@ def _checkpoint_info(path: Path) -> dict[str, Any]:
             f"{path}: damaged checkpoint: class_and_ctor_args.pkl is unreadable "
             f"(pickle: {_first_line(e)})"
         ) from None
+
+
+def trained_config(checkpoint: str | Path) -> dict[str, Any]:
+    """The config dict the checkpoint's algorithm was built with (its `class_and_ctor_args.pkl`)."""
+    return dict(_checkpoint_info(Path(checkpoint))["ctor_args_and_kwargs"][0][0])
 
 
 # Files already read whole in this process: (path, size, mtime) -> None (see `_check_file`).
@@ -218,7 +224,7 @@ def evaluation_config(
     one), reanalyze workers to none; evaluation gets `num_env_runners` runners (0: this process)
     with `envs_per_env_runner` games each, greedy search, and optionally another `env` and `seed`.
     """
-    config = dict(_checkpoint_info(Path(checkpoint))["ctor_args_and_kwargs"][0][0])
+    config = trained_config(checkpoint)
     gpu = torch.cuda.is_available()
     config.update(
         num_env_runners=0,
