@@ -29,7 +29,7 @@ Losses and their coefficients:
   sets `seed`; `--eval-episodes` sets `evaluation_duration`. Each run prints the coefficients it
   used and where they came from.
 
-Output, written after each finished run (so a killed invocation keeps the runs it finished):
+Output, written after each evaluation point (so a killed invocation keeps what it evaluated):
 `<out-dir>/learning_<name>.json` (default: benchmarks/results/ of this repository; `<name>`: the
 YAML file's stem unless `--name`), a list of runs:
     {"env", "loss", "seed", "experiment",
@@ -44,7 +44,8 @@ YAML file's stem unless `--name`), a list of runs:
                 "checkpoint"}],      # with --save-checkpoints: where the algorithm was saved
      "final_eval_mean",              # the last point's eval_mean
      "threshold", "first_env_steps_at_or_above", "stays_at_or_above_after",  # with --threshold
-     "wall_s"}                       # the whole run, evaluations included
+     "wall_s",                       # the whole run so far, evaluations included
+     "finished"}                     # False while the run goes on (or when it was killed)
 and `<out-dir>/learning_<name>.png`: per loss, the mean over seeds of eval_mean against env steps
 with the min-max band over seeds. Runs spread over several invocations (even at the same time:
 the read-merge-write holds a lock on the output folder) merge into one record: a run replaces one
@@ -290,11 +291,14 @@ def _sampled(result: dict[str, Any]) -> int:
 
 def train_run(run: RunSpec, env_steps: int, eval_every: int, threshold: float | None = None,
               threads: int | None = None, log: Callable[[str], None] = print,
-              checkpoint_dir: Path | None = None) -> dict[str, Any]:
+              checkpoint_dir: Path | None = None,
+              on_point: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Trains one run to `env_steps`, evaluating at the fixed points; returns its record.
 
     With `checkpoint_dir`, the algorithm is also saved at each point, to
     `<checkpoint_dir>/<loss>_seed<seed>/env_steps_<point>` (the point's "checkpoint").
+    `on_point` gets the run's record so far after each point but the last, with
+    `"finished": False` (the returned record has True).
     """
     import torch
     from ray.rllib.core import DEFAULT_MODULE_ID
@@ -355,11 +359,21 @@ def train_run(run: RunSpec, env_steps: int, eval_every: int, threshold: float | 
                     f"({point['truncated']} truncated), {wall:.0f} s")
             if not targets:
                 break
+            if passed and on_point is not None:
+                on_point(run_record(run, curve, eval_every, env_steps, threshold,
+                                    time.perf_counter() - start, finished=False))
             if sampled <= previous:
                 raise RuntimeError(f"{tag}: no new env steps after {sampled}")
             previous = sampled
     finally:
         algo.stop()
+    return run_record(run, curve, eval_every, env_steps, threshold, time.perf_counter() - start,
+                      finished=True)
+
+
+def run_record(run: RunSpec, curve: list[dict[str, Any]], eval_every: int, env_steps: int,
+               threshold: float | None, wall_s: float, finished: bool) -> dict[str, Any]:
+    """One run's entry of the record (see the module docstring)."""
     return {
         "env": run.env,
         "loss": run.loss,
@@ -368,10 +382,11 @@ def train_run(run: RunSpec, env_steps: int, eval_every: int, threshold: float | 
         "config": run.config,
         "eval_every": eval_every,
         "env_steps_budget": env_steps,
-        "curve": curve,
+        "curve": list(curve),
         "final_eval_mean": curve[-1]["eval_mean"],
         **threshold_summary(curve, threshold),
-        "wall_s": round(time.perf_counter() - start, 2),
+        "wall_s": round(wall_s, 2),
+        "finished": finished,
     }
 
 
@@ -659,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         for run, (env_steps, eval_every) in zip(runs, schedules, strict=True):
             try:
                 record = train_run(run, env_steps, eval_every, args.threshold, args.threads, log,
-                                   checkpoint_dir)
+                                   checkpoint_dir,
+                                   on_point=lambda partial: record_runs(out_dir, name, [partial]))
             except BenchmarkError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2

@@ -34,6 +34,7 @@ from ray.exceptions import RayActorError
 
 from rllib_barlowzero.reanalyze import Reanalyzer
 from rllib_barlowzero.replay_buffer import SampledWindows
+from rllib_barlowzero.torch.networks import flush_denormals
 
 Weights = dict[str, np.ndarray]
 
@@ -49,6 +50,7 @@ class ReanalyzeWorker:
     """
 
     def __init__(self, network: torch.nn.Module, config: Any, seed: int, num_threads: int) -> None:
+        flush_denormals(config.flush_denormal)  # the network arrives built: set it here
         torch.set_num_threads(num_threads)
         use_gpu = config.num_gpus_per_reanalyze_worker > 0 and torch.cuda.is_available()
         self.reanalyzer = Reanalyzer(network, config, seed=seed,

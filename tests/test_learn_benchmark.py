@@ -70,12 +70,30 @@ def without_timing(curve: list[dict]) -> list[dict]:
     return [{k: v for k, v in p.items() if k not in ("wall_s", "eval_s")} for p in curve]
 
 
-def test_two_invocations_merge_into_one_record(ray_session, tmp_path, capsys):
+def test_two_invocations_merge_into_one_record(ray_session, tmp_path, capsys, monkeypatch):
     yaml_path = write_yaml(tmp_path / "tiny_cartpole.yaml", {"tiny": tiny_experiment()})
     out = tmp_path / "results"
     common = [str(yaml_path), "--eval-every", str(EVAL_EVERY), "--eval-episodes",
               str(EVAL_EPISODES), "--threshold", "30", "--out-dir", str(out)]
+    writes: list[tuple[str, bool, int, int]] = []  # what each write left on disk for the run
+    record_runs = learn.record_runs
+
+    def recording_record_runs(out_dir, name, runs, plot=True):
+        merged = record_runs(out_dir, name, runs, plot)
+        on_disk = json.loads((out_dir / f"learning_{name}.json").read_text())
+        for run in runs:
+            written = next(r for r in on_disk if r["loss"] == run["loss"])
+            writes.append((written["loss"], written["finished"], len(written["curve"]),
+                           len(on_disk)))
+        return merged
+
+    monkeypatch.setattr(learn, "record_runs", recording_record_runs)
     assert learn.main([*common, "--losses", "barlow", "none", "--seeds", "0"]) == 0
+    # Each point is on disk as it comes (a killed run keeps it), marked unfinished until the
+    # run's last point, and the finished run replaces its partial entry.
+    assert writes == [("barlow", False, 1, 1), ("barlow", True, 2, 1),
+                      ("none", False, 1, 2), ("none", True, 2, 2)]
+    monkeypatch.setattr(learn, "record_runs", record_runs)
     printed = capsys.readouterr().out
     # Progress: the coefficients each run used, a line per evaluation point, the summary.
     assert "consistency_loss_coeff=0.001 (barlow default)" in printed
@@ -106,6 +124,7 @@ def test_two_invocations_merge_into_one_record(ray_session, tmp_path, capsys):
         for key in ("env", "loss", "seed", "config", "curve", "final_eval_mean", "wall_s",
                     "threshold", "first_env_steps_at_or_above", "stays_at_or_above_after"):
             assert key in run, key
+        assert run["finished"] is True
         assert run["env"] == "CartPole-v1"
         config = run["config"]
         assert config["seed"] == run["seed"] and config["consistency_loss"] == run["loss"]

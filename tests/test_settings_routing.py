@@ -41,7 +41,8 @@ NON_DEFAULT = dict(
     resnet_fc_policy_layers=[13], augmentation=["shift"], revisit_policy_search_rate=0.8,
     consistency_loss="barlow", barlow_lambda=0.004, num_simulations=6, dirichlet_alpha=0.2,
     root_exploration_fraction=0.3, pb_c_base=19000, pb_c_init=1.2, value_delta_max=0.02,
-    support_size=9, state_normalization=True, reanalyze_noise=False, mlp_hidden_layers=[30],
+    support_size=9, state_normalization=True, flush_denormal=False, reanalyze_noise=False,
+    mlp_hidden_layers=[30],
     fixed_temperature=0.7,
     # The run searches with pUCT (fixed_temperature is pUCT's), with the Gumbel settings at their
     # defaults (pUCT refuses others); these are checked on a Gumbel module and reanalyzer built

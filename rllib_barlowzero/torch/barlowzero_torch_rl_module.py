@@ -13,7 +13,12 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from rllib_barlowzero.columns import BarlowZeroColumns
 from rllib_barlowzero.torch.augmentations import augment
-from rllib_barlowzero.torch.networks import BarlowZeroNetwork, choose_downsample
+from rllib_barlowzero.torch.networks import (
+    BarlowZeroNetwork,
+    choose_downsample,
+    flush_denormals,
+    flush_denormals_from,
+)
 from rllib_barlowzero.torch.search import (
     SEARCH_ALGORITHMS,
     draw_gumbel_noise,
@@ -87,6 +92,9 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
     def setup(self) -> None:
         cfg = self.model_config
         check_spaces(self.observation_space, self.action_space)
+        # Every process that runs the network builds a module first (env runners, learners, Serve
+        # replicas, the driver), so the CPU mode is set here, before their search threads start.
+        flush_denormals(flush_denormals_from(cfg))
         self.num_actions = int(self.action_space.n)
         observation_shape = tuple(self.observation_space.shape)
         self.network = BarlowZeroNetwork(

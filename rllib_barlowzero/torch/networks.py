@@ -45,8 +45,8 @@ both default to `support_size` (300 -> 601 bins).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,27 @@ class RecurrentOutput(NamedTuple):
     value_prefix_logits: torch.Tensor  # [B, S_r]
     value_logits: torch.Tensor  # [B, S_v]
     policy_logits: torch.Tensor  # [B, A]
+
+
+def flush_denormals(enabled: bool) -> None:
+    """Sets (or clears) the CPU's flush-to-zero / denormals-are-zero mode for this thread.
+
+    Weights and optimizer state that only weight decay moves (a 3x3 conv tap that only ever sees
+    padding, a projector column fed by a dead feature) shrink into the denormal range (below
+    1.2e-38), where each multiply costs microcode assists: a `Linear(3200, 256)` over 384 rows
+    took 1380 ms with denormal inputs against 5.2 ms with normal ones on our CPU (7.8 ms with
+    this mode), and MinAtar runs slowed 3x after ~6k training steps. The mode treats such values
+    as 0, which changes no result above 1.2e-38. It is per thread, numpy included; threads started
+    afterwards (torch's intra-op pool, the reanalyze thread, Serve's search thread) inherit it,
+    so it is set before they start. GPUs are unaffected.
+    """
+    torch.set_flush_denormal(enabled)
+
+
+def flush_denormals_from(model_config: Mapping[str, Any]) -> bool:
+    """`flush_denormal` of a module's config; module checkpoints from before the setting lack the
+    key and ran without the mode."""
+    return bool(model_config.get("flush_denormal", False))
 
 
 def normalize_hidden_state(state: torch.Tensor) -> torch.Tensor:
