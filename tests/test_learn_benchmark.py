@@ -332,3 +332,41 @@ def test_cartpole_end_causes_agree_with_the_env():
             end_causes.end_cause(np.array([0, 0, -0.3, 0])),
             end_causes.end_cause(np.array([1.0, 0, 0.1, 0]))} == {
         "cart_out", "pole_fell", "time_limit"}
+
+
+# --------------------------------------------------------------------------------------------
+# record_trial.py: a wall-time run (`rllib train file`, then `rllib evaluate`) into the record
+# --------------------------------------------------------------------------------------------
+record_trial = _load_benchmark("record_trial")
+
+
+def test_a_trial_and_its_evaluation_become_one_run_of_the_record(tmp_path):
+    yaml_path = write_yaml(tmp_path / "hour.yaml", {"hour": {
+        "run": "BarlowZero", "env": "BreakoutNoFrameskip-v4", "stop": {"time_total_s": 3600},
+        "config": {"seed": 3, "consistency_loss": "barlow", "max_moves": 100}}})
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    results = [{"env_runners": {"num_env_steps_sampled_lifetime": n}, "training_steps_done": n // 4,
+                "time_total_s": n / 10} for n in (400, 12_345)]
+    (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results))
+    (trial / "params.json").write_text(json.dumps({"seed": 3, "consistency_loss": "barlow"}))
+    report = {"checkpoint": "/ckpt", "episodes": 4, "scores": [0.0, 2.0, 5.0, 1.0],
+              "lengths": [100, 80, 100, 60], "truncated": 2, "seconds": 12.5}
+    report_path = tmp_path / "eval.json"
+    report_path.write_text(json.dumps(report))
+    out = tmp_path / "results"
+    assert record_trial.main([str(trial), str(report_path), "--yaml", str(yaml_path),
+                              "--out-dir", str(out)]) == 0
+    assert record_trial.main([str(trial), str(report_path), "--yaml", str(yaml_path),
+                              "--out-dir", str(out)]) == 0  # the same run again replaces it
+    (run,) = json.loads((out / "learning_hour.json").read_text())
+    assert (run["env"], run["loss"], run["seed"], run["experiment"]) == (
+        "BreakoutNoFrameskip-v4", "barlow", 3, "hour")
+    assert run["config"]["max_moves"] == 100 and run["stop"] == {"time_total_s": 3600}
+    (point,) = run["curve"]
+    # The trial's last result, and the report's games (mean by hand: 8 / 4).
+    assert (point["env_steps"], point["training_steps"], point["wall_s"]) == (12_345, 3086, 1234.5)
+    assert (point["eval_mean"], point["eval_min"], point["eval_max"]) == (2.0, 0.0, 5.0)
+    assert (point["episodes"], point["truncated"], point["checkpoint"]) == (4, 2, "/ckpt")
+    assert run["final_eval_mean"] == 2.0 and run["finished"] is True
+    assert (out / "learning_hour.png").stat().st_size > 0
