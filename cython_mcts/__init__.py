@@ -71,8 +71,8 @@ import numpy as np
 from cython_mcts._tree import gumbel_search as _gumbel_search
 from cython_mcts._tree import search as _search
 
-__all__ = ["GumbelSearchOutput", "MCTSConfig", "RecurrentFn", "SearchOutput", "greedy_actions",
-           "run_gumbel_mcts", "run_mcts"]
+__all__ = ["Q_NORMALIZATIONS", "GumbelSearchOutput", "MCTSConfig", "RecurrentFn", "SearchOutput",
+           "greedy_actions", "run_gumbel_mcts", "run_mcts"]
 
 RecurrentFn = Callable[
     [np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -81,6 +81,8 @@ RecurrentFn = Callable[
 -> (value_prefix float32[B], value float32[B], logits float32[B, A])."""
 
 _MAX_SIMULATIONS = 2**31 - 2
+# How `run_gumbel_mcts` rescales completed Q: each node's min and max (mctx) or the tree's.
+Q_NORMALIZATIONS = ("node", "tree")
 _SEED_LIMIT = 2**64
 
 
@@ -404,6 +406,7 @@ def run_gumbel_mcts(
     max_num_considered_actions: int = 16,
     value_scale: float = 0.1,
     maxvisit_init: float = 50.0,
+    q_normalization: str = "node",
 ) -> GumbelSearchOutput:
     """Gumbel MuZero search (Danihelka et al., ICLR 2022) from each of B roots at once.
 
@@ -416,6 +419,11 @@ def run_gumbel_mcts(
       prior) / (sum N + 1); all are rescaled by (q - min) / max(max - min, 1e-8) over the
       node's actions and multiplied by (maxvisit_init + max N) * value_scale. At the root the
       illegal actions count in the min and max with the mixed value, as in mctx.
+      `q_normalization="tree"` rescales instead as `run_mcts` does (EfficientZero V2's Gumbel
+      search): by the root's min-max statistics over the Q of every non-root node of its tree
+      (updated by each backup), (q - min) / max(max - min, config.value_delta_max), clipped
+      to [0, 1] (q itself, clipped, while max <= min). A gap between two actions then counts
+      for its size against the tree's range, not as the whole [0, 1] of the node.
     - Root: the considered actions are the top min(max_num_considered_actions, legal A) by
       g + logits; simulation i (0-based) takes, among the legal actions visited exactly
       `table[num_considered][i]` times (mctx's sequential-halving visit schedule), the one with
@@ -430,8 +438,8 @@ def run_gumbel_mcts(
         recurrent_fn: as for `run_mcts`: `recurrent_fn(parent_ids, actions, depths)` with
             int64 [B] arrays, returning `(value_prefix, value, logits)` float32 [B], [B], [B, A].
         config: an `MCTSConfig`; its `num_simulations`, `discount`, `value_prefix` and
-            `lstm_horizon_len` are used (the pUCT constants, `root_exploration_fraction` and
-            `value_delta_max` are not).
+            `lstm_horizon_len` are used, and `value_delta_max` with q_normalization="tree"
+            (the pUCT constants and `root_exploration_fraction` are not).
         gumbel: float32 [B, A], finite, Gumbel(0, 1) noise already multiplied by the Gumbel
             scale (zeros for greedy play); only the legal actions' entries are read.
         legal_actions: bool [B, A] (or integer 0/1), the roots' legal actions; None = all.
@@ -441,6 +449,8 @@ def run_gumbel_mcts(
         value_scale: finite >= 0, sigma's scale of the Q values (0: the improved policy is the
             prior).
         maxvisit_init: finite >= 0, sigma's offset added to the largest visit count.
+        q_normalization: "node" (mctx: each node's own min and max) or "tree" (the root's
+            min-max statistics over the tree, as `run_mcts`).
 
     Returns:
         `GumbelSearchOutput` with `action` int64 [B], `improved_policy` float32 [B, A],
@@ -449,7 +459,8 @@ def run_gumbel_mcts(
     Raises:
         ValueError: on a wrong shape/dtype, a non-finite value (root logits, root values,
             gumbel), an all-illegal root, a non-callable `recurrent_fn`, a bad output of it,
-            a bad `max_num_considered_actions`, `value_scale` or `maxvisit_init`, or root
+            a bad `max_num_considered_actions`, `value_scale`, `maxvisit_init` or
+            `q_normalization`, or root
             values that overflow to infinity in the backups.
     """
     if not isinstance(config, MCTSConfig):
@@ -461,6 +472,9 @@ def run_gumbel_mcts(
         raise ValueError(f"max_num_considered_actions must be an int >= 1, got {m!r}")
     value_scale = _nonnegative_real("value_scale", value_scale)
     maxvisit_init = _nonnegative_real("maxvisit_init", maxvisit_init)
+    if q_normalization not in Q_NORMALIZATIONS:
+        raise ValueError(f"q_normalization must be one of {list(Q_NORMALIZATIONS)}, got "
+                         f"{q_normalization!r}")
     if not math.isfinite((maxvisit_init + config.num_simulations) * value_scale):
         raise ValueError(f"(maxvisit_init + num_simulations) * value_scale must be finite, got "
                          f"({maxvisit_init} + {config.num_simulations}) * {value_scale}")
@@ -477,7 +491,7 @@ def run_gumbel_mcts(
     counts, root_value, policy, action = _gumbel_search(
         logits, values, recurrent_fn, config.num_simulations, config.discount,
         config.value_prefix, config.lstm_horizon_len, noise, mask, num_considered, table,
-        value_scale, maxvisit_init,
+        value_scale, maxvisit_init, q_normalization == "tree", config.value_delta_max,
     )
     bad = np.flatnonzero(~np.isfinite(root_value))
     if bad.size:

@@ -572,9 +572,10 @@ def search(cnp.ndarray root_logits, cnp.ndarray root_values, object recurrent_fn
 #
 # Same node storage, ids, value-prefix rewards and backups as the pUCT search above; what
 # differs is selection (sequential halving with Gumbel at the root, the deterministic
-# "improved policy minus visit share" rule below it) and that no min-max statistics are kept:
-# each node's Q values are rescaled by the min and max of its own completed Q values (mctx's
-# `qtransform_completed_by_mix_value`). Selection is deterministic (argmax, first index wins),
+# "improved policy minus visit share" rule below it) and the rescaling of Q: by default each
+# node's Q values are rescaled by the min and max of its own completed Q values (mctx's
+# `qtransform_completed_by_mix_value`); with `tree_minmax` by the root's min-max statistics over
+# the whole tree, as the pUCT search does (EfficientZero V2's Gumbel search). Selection is deterministic (argmax, first index wins),
 # so there is no tie generator. Arithmetic is in double precision, in the operation order of
 # `tests/gumbel_reference.py`.
 # ============================================================================================
@@ -595,6 +596,8 @@ cdef struct GSearch:
     intp horizon
     double value_scale
     double maxvisit_init
+    bint tree_minmax            # rescale Q by the tree's min-max statistics, not the node's
+    double value_delta_max      # with tree_minmax: the floor of (max - min)
     # Per edge [B, M, A].
     int32_t* child              # node id of the child, 0 when not expanded
     double* logit               # prior logits of the node (root: legal actions only)
@@ -611,6 +614,8 @@ cdef struct GSearch:
     int32_t* pend_parent
     int32_t* pend_action
     double* shift               # the largest legal root logit
+    double* vmin                # min-max statistics over the non-root nodes' Q (empty: +inf,
+    double* vmax                # -inf), updated by every backup
     const int32_t* ncons        # number of considered actions, min(max considered, legal A)
     const uint8_t* legal        # [B, A]
     const float* gumbel         # [B, A]
@@ -624,13 +629,16 @@ cdef void completed_q(const GSearch* st, intp b, intp node, double* out) noexcep
     visited children get Q = reward + discount * mean value, unvisited ones the mixed value;
     all are rescaled by their min and max (denominator at least 1e-8) and multiplied by
     (maxvisit_init + max child visits) * value_scale. At the root, illegal actions are never
-    visited and take the mixed value (as in mctx, they count in the min and max)."""
+    visited and take the mixed value (as in mctx, they count in the min and max). With
+    `tree_minmax` the rescaling is the pUCT search's instead: the root's statistics over the
+    tree, (q - min) / max(max - min, value_delta_max) clipped to [0, 1] (q itself, clipped,
+    while max <= min)."""
     cdef intp A = st.A
     cdef intp base_node = b * st.M
     cdef intp edge = (base_node + node) * A
     cdef intp a, ci
     cdef int32_t c
-    cdef double n, sum_n = 0.0, max_n = 0.0, sum_p = 0.0, p, weighted, mixed, lo, hi, d, scale
+    cdef double n, sum_n = 0.0, max_n = 0.0, sum_p = 0.0, p, weighted, mixed, lo, hi, d, scale, q
     for a in range(A):
         c = st.child[edge + a]
         if c != 0:
@@ -653,6 +661,23 @@ cdef void completed_q(const GSearch* st, intp b, intp node, double* out) noexcep
                     p = DBL_MIN
                 weighted = weighted + (p * out[a]) / sum_p
     mixed = (st.raw[base_node + node] + sum_n * weighted) / (sum_n + 1.0)
+    scale = (st.maxvisit_init + max_n) * st.value_scale
+    if st.tree_minmax:
+        lo = st.vmin[b]
+        hi = st.vmax[b]
+        for a in range(A):
+            q = out[a] if st.child[edge + a] != 0 else mixed
+            if hi > lo:
+                d = hi - lo
+                if d < st.value_delta_max:
+                    d = st.value_delta_max
+                q = (q - lo) / d
+            if q < 0.0:
+                q = 0.0
+            if q > 1.0:
+                q = 1.0
+            out[a] = scale * q
+        return
     lo = INFINITY
     hi = -INFINITY
     for a in range(A):
@@ -665,7 +690,6 @@ cdef void completed_q(const GSearch* st, intp b, intp node, double* out) noexcep
     d = hi - lo
     if d < GUMBEL_EPSILON:
         d = GUMBEL_EPSILON
-    scale = (st.maxvisit_init + max_n) * st.value_scale
     for a in range(A):
         out[a] = scale * ((out[a] - lo) / d)
 
@@ -774,7 +798,7 @@ cdef void gumbel_expand_backup(GSearch* st, intp b, intp sim, const float* vp, c
     cdef intp ni = base_node + sim
     cdef intp pi = base_node + p
     cdef intp k, node, i
-    cdef double r, mx, total, e, v
+    cdef double r, mx, total, e, v, q
     cdef double* lgn = st.logit + ni * A
     cdef double* pr = st.prior + ni * A
     cdef const float* lg = logits + b * A
@@ -807,6 +831,11 @@ cdef void gumbel_expand_backup(GSearch* st, intp b, intp sim, const float* vp, c
         st.visits[i] = st.visits[i] + 1
         if node == 0:
             break
+        q = st.reward[i] + st.discount * (st.value_sum[i] / st.visits[i])
+        if q < st.vmin[b]:
+            st.vmin[b] = q
+        if q > st.vmax[b]:
+            st.vmax[b] = q
         v = st.reward[i] + st.discount * v
         node = st.parent[i]
 
@@ -815,7 +844,7 @@ def gumbel_search(cnp.ndarray root_logits, cnp.ndarray root_values, object recur
                   intp num_simulations, double discount, bint value_prefix,
                   intp lstm_horizon_len, cnp.ndarray gumbel, cnp.ndarray legal,
                   cnp.ndarray num_considered, cnp.ndarray table, double value_scale,
-                  double maxvisit_init):
+                  double maxvisit_init, bint tree_minmax=False, double value_delta_max=0.0):
     """Runs the batched Gumbel search. Low level: use `cython_mcts.run_gumbel_mcts`.
 
     Args:
@@ -829,6 +858,8 @@ def gumbel_search(cnp.ndarray root_logits, cnp.ndarray root_values, object recur
         table: int32 [R, num_simulations] C-contiguous: row m is mctx's sequence of considered
             visit counts for m considered actions.
         value_scale, maxvisit_init: finite, >= 0.
+        tree_minmax: rescale Q by the root's min-max statistics over the tree (floor
+            `value_delta_max`, finite >= 0) instead of each node's own min and max.
 
     Returns:
         (visit_counts int32 [B, A], root_values float32 [B], improved_policy float32 [B, A],
@@ -859,6 +890,8 @@ def gumbel_search(cnp.ndarray root_logits, cnp.ndarray root_values, object recur
     if not (isfinite(value_scale) and value_scale >= 0.0 and isfinite(maxvisit_init)
             and maxvisit_init >= 0.0):
         raise ValueError("value_scale and maxvisit_init must be finite and >= 0")
+    if not (isfinite(value_delta_max) and value_delta_max >= 0.0):
+        raise ValueError("value_delta_max must be finite and >= 0")
     if (not cnp.PyArray_CheckExact(table) or cnp.PyArray_TYPE(table) != cnp.NPY_INT32
             or not cnp.PyArray_ISCARRAY_RO(table) or cnp.PyArray_NDIM(table) != 2
             or cnp.PyArray_DIMS(table)[0] < 2
@@ -911,6 +944,8 @@ def gumbel_search(cnp.ndarray root_logits, cnp.ndarray root_values, object recur
     cdef cnp.ndarray pp_a = _buffer(B, np.int32)
     cdef cnp.ndarray pa_a = _buffer(B, np.int32)
     cdef cnp.ndarray shift_a = _buffer(B, np.float64)
+    cdef cnp.ndarray vmin_a = np.full(B, np.inf, dtype=np.float64)
+    cdef cnp.ndarray vmax_a = np.full(B, -np.inf, dtype=np.float64)
     cdef cnp.ndarray cq_a = _buffer(A, np.float64)
     cdef cnp.ndarray z_a = _buffer(A, np.float64)
     # Private copies of the inputs read inside the nogil loops (the callback cannot touch them).
@@ -929,6 +964,8 @@ def gumbel_search(cnp.ndarray root_logits, cnp.ndarray root_values, object recur
     st.horizon = lstm_horizon_len
     st.value_scale = value_scale
     st.maxvisit_init = maxvisit_init
+    st.tree_minmax = tree_minmax
+    st.value_delta_max = value_delta_max
     st.child = <int32_t*>cnp.PyArray_DATA(child_a)
     st.logit = <double*>cnp.PyArray_DATA(logit_a)
     st.prior = <double*>cnp.PyArray_DATA(prior_a)
@@ -942,6 +979,8 @@ def gumbel_search(cnp.ndarray root_logits, cnp.ndarray root_values, object recur
     st.pend_parent = <int32_t*>cnp.PyArray_DATA(pp_a)
     st.pend_action = <int32_t*>cnp.PyArray_DATA(pa_a)
     st.shift = <double*>cnp.PyArray_DATA(shift_a)
+    st.vmin = <double*>cnp.PyArray_DATA(vmin_a)
+    st.vmax = <double*>cnp.PyArray_DATA(vmax_a)
     st.ncons = <const int32_t*>cnp.PyArray_DATA(ncons_copy)
     st.legal = <const uint8_t*>cnp.PyArray_DATA(legal_copy)
     st.gumbel = <const float*>cnp.PyArray_DATA(gumbel_copy)
