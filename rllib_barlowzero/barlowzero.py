@@ -28,6 +28,7 @@ from ray.rllib.utils.metrics import (
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.registry import register_env
 
+from cython_mcts import Q_NORMALIZATIONS
 from rllib_barlowzero.columns import BarlowZeroColumns
 from rllib_barlowzero.env.atari import atari_env_creator, is_atari_env_id
 from rllib_barlowzero.env.frame_stacking import FrameStackingEnvToModule
@@ -105,6 +106,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "gumbel_scale": 1.0,
     "value_scale": 0.1,
     "maxvisit_init": 50.0,
+    # How the Gumbel search rescales completed Q: "node" (mctx, the Gumbel MuZero paper) or
+    # "tree" (EfficientZero V2: the tree's min-max statistics, floored by value_delta_max).
+    "gumbel_q_normalization": "node",
     # Min-max normalise hidden states per sample (MuZero); EfficientZero's Atari model does not.
     "state_normalization": False,
     # Flush denormal floats to zero on CPU threads that run the network (see `flush_denormals`).
@@ -172,6 +176,7 @@ MODEL_KEYS = (
     "gumbel_scale",
     "value_scale",
     "maxvisit_init",
+    "gumbel_q_normalization",
 )
 
 
@@ -292,6 +297,7 @@ class BarlowZeroConfig(AlgorithmConfig):
         gumbel_scale: float = NotProvided,
         value_scale: float = NotProvided,
         maxvisit_init: float = NotProvided,
+        gumbel_q_normalization: str = NotProvided,
         state_normalization: bool = NotProvided,
         flush_denormal: bool = NotProvided,
         reanalyze_noise: bool = NotProvided,
@@ -350,13 +356,18 @@ class BarlowZeroConfig(AlgorithmConfig):
                 noise and greedy without; policy targets are its improved policy). The pUCT
                 settings (`dirichlet_alpha`, `root_exploration_fraction`, `pb_c_base`,
                 `pb_c_init`, `value_delta_max`, `fixed_temperature`) must keep their defaults
-                with "gumbel", the next four with "puct" (each search refuses the other's).
+                with "gumbel" (`value_delta_max` excepted with gumbel_q_normalization="tree"),
+                the next five with "puct" (each search refuses the other's).
             max_num_considered_actions: Gumbel: root actions sequential halving starts from
                 (an integer >= 1; the Gumbel MuZero paper's 16).
             gumbel_scale: Gumbel: scale of the root Gumbel noise when acting to explore and in
                 reanalyze with `reanalyze_noise` (>= 0; 1.0).
             value_scale, maxvisit_init: Gumbel: sigma(q) = (maxvisit_init + max visits) *
                 value_scale * q, q the completed Q rescaled to [0, 1] (>= 0; mctx's 0.1 and 50).
+            gumbel_q_normalization: Gumbel: how completed Q is rescaled to [0, 1]: "node" (mctx:
+                by the node's own min and max, so any gap between two actions spans [0, 1]) or
+                "tree" (EfficientZero V2: by the root's min-max statistics over the tree, as
+                pUCT, with `value_delta_max` as the floor of the range; small gaps stay small).
             num_reanalyze_workers: Ray actors making training batches, each with a target-model
                 copy (0: one thread in the driver). A seed gives the same run whatever the
                 number (with the same `reanalyze_queue_size`).
@@ -422,7 +433,8 @@ class BarlowZeroConfig(AlgorithmConfig):
 # Settings read by one search only (see `search_algorithm`); the other refuses non-default values.
 PUCT_ONLY_KEYS = ("dirichlet_alpha", "root_exploration_fraction", "pb_c_base", "pb_c_init",
                   "value_delta_max", "fixed_temperature")
-GUMBEL_ONLY_KEYS = ("max_num_considered_actions", "gumbel_scale", "value_scale", "maxvisit_init")
+GUMBEL_ONLY_KEYS = ("max_num_considered_actions", "gumbel_scale", "value_scale", "maxvisit_init",
+                    "gumbel_q_normalization")
 
 
 def _validate_training_values(config: BarlowZeroConfig) -> None:
@@ -481,6 +493,7 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
         ("lr_schedule", LR_SCHEDULES),
         ("optimizer", OPTIMIZERS),
         ("search_algorithm", SEARCH_ALGORITHMS),
+        ("gumbel_q_normalization", Q_NORMALIZATIONS),
     ):
         if getattr(config, key) not in known:
             fail(key, f"one of {list(known)}")
@@ -514,6 +527,8 @@ def _validate_training_values(config: BarlowZeroConfig) -> None:
         fail("fixed_temperature", "None (EfficientZero's schedule) or a number > 0")
     # A setting of the other search would be accepted and then ignored: refuse it instead.
     other_search_keys = GUMBEL_ONLY_KEYS if config.search_algorithm == "puct" else PUCT_ONLY_KEYS
+    if config.search_algorithm == "gumbel" and config.gumbel_q_normalization == "tree":
+        other_search_keys = tuple(k for k in other_search_keys if k != "value_delta_max")
     for key in other_search_keys:
         if getattr(config, key) != TRAINING_DEFAULTS[key]:
             fail(key, f"its default {TRAINING_DEFAULTS[key]!r} with search_algorithm="

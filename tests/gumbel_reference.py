@@ -25,6 +25,11 @@ Reading of the contract made explicit here:
     count in the min and max: mctx does the same);
     sigma(a) = ((maxvisit_init + max visits) * value_scale) * ((completed(a) - lo) / d),
     lo, hi = min, max of completed over all A actions, d = max(hi - lo, 1e-8).
+- `q_normalization="tree"` replaces the rescaling (lo, hi, d above) by the pUCT search's
+  (section 3.1, as in `tests/mcts_reference.py`): lo, hi = min, max of the Q of every non-root
+  node of the tree, each node's Q (reward + discount * value_sum / visits) taken during every
+  backup right after its visit is added; normalised(c) = (c - lo) / max(hi - lo,
+  value_delta_max) if hi > lo, else c; then clipped to [0, 1]; sigma(a) = scale * normalised.
 - Root selection at simulation i (0-based, i = the sum of the root children's visits): with
   m = min(max_num_considered_actions, number of legal actions) and k = mctx's
   `get_sequence_of_considered_visits(m, num_simulations)[i]`, the first legal action with the
@@ -102,8 +107,10 @@ class GumbelRootSearch:
     """The tree of one root."""
 
     def __init__(self, logits, value, legal, gumbel, cfg, max_num_considered_actions: int,
-                 value_scale: float, maxvisit_init: float):
+                 value_scale: float, maxvisit_init: float, q_normalization: str = "node"):
         self.cfg = cfg
+        self.q_normalization = q_normalization
+        self.tree_qs: list[float] = []  # every non-root Q taken in the backups
         self.num_actions = len(logits)
         self.legal = [bool(x) for x in legal]
         self.gumbel = [float(x) for x in gumbel]
@@ -144,10 +151,19 @@ class GumbelRootSearch:
             weighted = weighted + (max(node.priors[a], DBL_MIN) * q[a]) / sum_p
         mixed = (node.raw + sum_n * weighted) / (sum_n + 1.0)
         completed = [q[a] if a in q else mixed for a in range(self.num_actions)]
+        scale = (self.maxvisit_init + max_n) * self.value_scale
+        if self.q_normalization == "tree":
+            return [scale * self.tree_normalized(c) for c in completed]
         lo, hi = min(completed), max(completed)
         d = max(hi - lo, EPSILON)
-        scale = (self.maxvisit_init + max_n) * self.value_scale
         return [scale * ((c - lo) / d) for c in completed]
+
+    def tree_normalized(self, c: float) -> float:
+        if self.tree_qs:
+            lo, hi = min(self.tree_qs), max(self.tree_qs)
+            if hi > lo:
+                c = (c - lo) / max(hi - lo, self.cfg.value_delta_max)
+        return min(1.0, max(0.0, c))
 
     # -- selection --------------------------------------------------------------------------
 
@@ -218,6 +234,8 @@ class GumbelRootSearch:
         for node in reversed([*self.path, leaf]):
             node.value_sum = node.value_sum + v
             node.visits += 1
+            if node is not self.root:
+                self.tree_qs.append(self.q(node))
             v = node.reward + cfg.discount * v
 
     # -- outputs ----------------------------------------------------------------------------
@@ -244,6 +262,7 @@ def reference_gumbel_mcts(
     max_num_considered_actions: int = 16,
     value_scale: float = 0.1,
     maxvisit_init: float = 50.0,
+    q_normalization: str = "node",
     trees_out: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Returns (action int64 [B], improved_policy float64 [B, A], visit_counts int64 [B, A],
@@ -256,7 +275,7 @@ def reference_gumbel_mcts(
         legal_actions = np.ones((batch, num_actions), dtype=bool)
     trees = [
         GumbelRootSearch(root_logits[b], root_values[b], legal_actions[b], gumbel[b], cfg,
-                         max_num_considered_actions, value_scale, maxvisit_init)
+                         max_num_considered_actions, value_scale, maxvisit_init, q_normalization)
         for b in range(batch)
     ]
     for sim in range(1, cfg.num_simulations + 1):

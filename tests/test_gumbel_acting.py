@@ -182,7 +182,8 @@ def test_reanalyzed_policy_targets_are_the_improved_policy_of_a_direct_search(re
     ("max_num_considered_actions", 0), ("max_num_considered_actions", 2.0),
     ("max_num_considered_actions", True), ("gumbel_scale", -0.1), ("gumbel_scale", "1"),
     ("value_scale", float("nan")), ("value_scale", -1.0), ("maxvisit_init", float("inf")),
-    ("maxvisit_init", -5),
+    ("maxvisit_init", -5), ("gumbel_q_normalization", "global"),
+    ("gumbel_q_normalization", None),
 ])
 def test_bad_gumbel_settings_are_refused_naming_the_key(key, value):
     config = BarlowZeroConfig().environment("CartPole-v1").training(**{key: value})
@@ -197,6 +198,7 @@ def test_bad_gumbel_settings_are_refused_naming_the_key(key, value):
     ("gumbel", "pb_c_base", 1000), ("gumbel", "pb_c_init", 2.0), ("gumbel", "value_delta_max", 0.1),
     ("puct", "max_num_considered_actions", 4), ("puct", "gumbel_scale", 0.5),
     ("puct", "value_scale", 0.2), ("puct", "maxvisit_init", 10.0),
+    ("puct", "gumbel_q_normalization", "tree"),
 ])
 def test_a_setting_of_the_other_search_is_refused_not_ignored(search, key, value):
     config = BarlowZeroConfig().environment("CartPole-v1").training(search_algorithm=search,
@@ -208,6 +210,38 @@ def test_a_setting_of_the_other_search_is_refused_not_ignored(search, key, value
     own = "puct" if search == "gumbel" else "gumbel"
     BarlowZeroConfig().environment("CartPole-v1").training(search_algorithm=own,
                                                            **{key: value}).validate()
+
+
+def test_value_delta_max_is_taken_by_gumbel_with_the_trees_normalization():
+    cartpole = BarlowZeroConfig().environment("CartPole-v1")
+    cartpole.copy(copy_frozen=False).training(
+        **GUMBEL, gumbel_q_normalization="tree", value_delta_max=0.1).validate()
+    with pytest.raises(ValueError, match="`value_delta_max`=0.1.*search_algorithm='gumbel'"):
+        cartpole.copy(copy_frozen=False).training(
+            **GUMBEL, gumbel_q_normalization="node", value_delta_max=0.1).validate()
+
+
+@pytest.mark.parametrize("normalization", ["node", "tree"])
+def test_acting_searches_with_the_configs_q_normalization(normalization):
+    # A module with the setting acts as the plain search with it (and so as the tree mode's
+    # reference, tests/test_gumbel_mcts.py); the two settings act differently on these roots.
+    module = build_module(gumbel_q_normalization=normalization, value_delta_max=0.5)
+    assert module.gumbel_settings.q_normalization == normalization
+    obs = torch.from_numpy(np.random.default_rng(3).uniform(-1, 1, (6, OBS_DIM)).astype(np.float32))
+    cfg = module.mcts_config
+    assert cfg.value_delta_max == 0.5
+    zero = np.zeros((6, NUM_ACTIONS), np.float32)
+    searches = {}
+    with torch.no_grad():
+        for mode in ("node", "tree"):
+            root, recurrent_fn = plain_recurrent_fn(module.network, obs, cfg.lstm_horizon_len)
+            searches[mode] = run_gumbel_mcts(
+                root.policy_logits.numpy(), root.value.numpy(), recurrent_fn, cfg, zero,
+                max_num_considered_actions=GUMBEL["max_num_considered_actions"],
+                value_scale=GUMBEL["value_scale"], maxvisit_init=GUMBEL["maxvisit_init"],
+                q_normalization=mode)
+    assert not np.allclose(searches["node"].improved_policy, searches["tree"].improved_policy)
+    assert_acting_matches(module.forward_inference({Columns.OBS: obs}), searches[normalization])
 
 
 def test_serve_answers_with_the_real_visit_counts_and_the_improved_policy(tmp_path):

@@ -166,6 +166,63 @@ def test_matches_reference(case_seed, params):
     check_properties(out, legal, gumbel, logits, cfg, m)
 
 
+_TREE_GRID = list(enumerate(itertools.product(
+    [1, 2, 4, 18],          # num_actions
+    [True, False],          # value_prefix
+    [False, True],          # masked
+    range(3),               # seed
+)))
+
+
+@pytest.mark.parametrize("case_seed,params", _TREE_GRID,
+                         ids=[f"A{p[0]}-vp{int(p[1])}-mask{int(p[2])}-{p[3]}"
+                              for _, p in _TREE_GRID])
+def test_tree_normalization_matches_reference(case_seed, params):
+    num_actions, value_prefix, masked, _ = params
+    rng = np.random.default_rng(500 + case_seed)
+    batch = int(rng.choice([1, 3, 16]))
+    cfg = MCTSConfig(
+        num_simulations=int(rng.choice([1, 2, 4, 7, 16, 50])),
+        discount=float(rng.choice([0.997**4, 1.0, 0.5])),
+        value_prefix=value_prefix,
+        lstm_horizon_len=int(rng.choice([1, 3, 5])),
+        # 0: no floor; 0.01: EfficientZero's; 1: wider than most trees' range.
+        value_delta_max=float(rng.choice([0.0, 0.01, 1.0])),
+    )
+    m = int(rng.choice([1, 2, 4, 16]))
+    scale = float(rng.choice([1.0, 1e-3, 100.0]))
+    logits, values, gumbel, legal = make_case(700 + case_seed, batch, num_actions, masked, 1.0)
+    out, trees, _ = compare(logits, values * scale, gumbel, legal, cfg, case_seed,
+                            "continuous", scale, max_num_considered_actions=m,
+                            q_normalization="tree")
+    check_properties(out, legal, gumbel, logits, cfg, m)
+    assert all(len(tree.tree_qs) > 0 for tree in trees)
+
+
+def test_hand_tree_normalization_keeps_a_small_gap_small():
+    # MuZero mode, discount 1, A = 2, logits 0, zero noise, 2 simulations: a0 then a1 (schedule
+    # [0, 0], ties to the first). Node 1: value 1.0 -> Q(a0) = 1.0; node 2: value 1.1 -> Q(a1) =
+    # 1.1. Tree statistics: min 1.0, max 1.1.
+    #   value_delta_max 1: (q - 1.0) / max(0.1, 1) = [0, 0.1]; sigma = 5.1 * that = [0, 0.51].
+    #   value_delta_max 0.01: (q - 1.0) / 0.1 = [0, 1]: sigma [0, 5.1], as a node's own min-max.
+    # Root value: (0 + 1.0 + 1.1) / 3 = 0.7; the action: both once, a1 by sigma.
+    model = TableModel({(0, 0): (0.0, 1.0, [0, 0]), (0, 1): (0.0, 1.1, [0, 0])})
+    args = (np.zeros((1, 2), np.float32), np.zeros(1, np.float32), model)
+    for floor, z in ((1.0, [0.0, 0.51]), (0.01, [0.0, 5.1])):
+        cfg = MCTSConfig(num_simulations=2, discount=1.0, value_prefix=False,
+                         value_delta_max=floor)
+        out = run_gumbel_mcts(*args, cfg, np.zeros((1, 2), np.float32), q_normalization="tree")
+        z = np.array(z)
+        np.testing.assert_allclose(out.improved_policy[0], np.exp(z) / np.exp(z).sum(),
+                                   rtol=1e-5)
+        np.testing.assert_array_equal(out.visit_counts, [[1, 1]])
+        assert out.action[0] == 1
+        np.testing.assert_allclose(out.root_values, [0.7], rtol=1e-6)
+    # The node's own min-max (mctx) makes the same 0.1 gap the whole [0, 1].
+    node = run_gumbel_mcts(*args, cfg, np.zeros((1, 2), np.float32))
+    np.testing.assert_allclose(node.improved_policy, out.improved_policy, rtol=1e-6)
+
+
 @pytest.mark.parametrize("horizon", [1, 2, 3, 5, 7])
 @pytest.mark.parametrize("value_prefix", [True, False])
 def test_matches_reference_deep_trees(horizon, value_prefix):
@@ -576,7 +633,8 @@ def test_accepts_other_float_dtypes_and_integer_masks():
 
 
 def test_exports():
-    assert {"run_gumbel_mcts", "GumbelSearchOutput"} <= set(cython_mcts.__all__)
+    assert {"run_gumbel_mcts", "GumbelSearchOutput", "Q_NORMALIZATIONS"} <= set(cython_mcts.__all__)
+    assert cython_mcts.Q_NORMALIZATIONS == ("node", "tree")
 
 
 def test_greedy_zero_noise_large_budget_concentrates_on_best_q():
@@ -662,6 +720,8 @@ def good_args(**overrides):
     (dict(maxvisit_init=-1.0), "maxvisit_init"),
     (dict(maxvisit_init=math.inf), "maxvisit_init"),
     (dict(maxvisit_init=None), "maxvisit_init"),
+    (dict(q_normalization="global"), "q_normalization"),
+    (dict(q_normalization=None), "q_normalization"),
 ])
 def test_input_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -48,7 +48,7 @@ NON_DEFAULT = dict(
     # defaults (pUCT refuses others); these are checked on a Gumbel module and reanalyzer built
     # from the same config with the pUCT settings at their defaults instead (see below).
     search_algorithm="puct", max_num_considered_actions=3, gumbel_scale=0.6, value_scale=0.2,
-    maxvisit_init=40.0,
+    maxvisit_init=40.0, gumbel_q_normalization="tree",
     target_update_interval=3, lr_warmup_steps=7, replay_capacity=5000, replay_ratio=0.15,
     num_steps_sampled_before_learning_starts=90, total_env_steps=99_000,
     num_reanalyze_workers=1, num_cpus_per_reanalyze_worker=0.5,
@@ -212,8 +212,8 @@ def test_every_setting_reaches_its_reader_with_the_configs_value(algo, monkeypat
     assert len(calls) == 3
     for call in calls:  # exploration, inference, reanalyze
         assert (call["max_num_considered_actions"], call["value_scale"], call["maxvisit_init"],
-                call["config"].num_simulations, call["config"].lstm_horizon_len) == (
-            3, 0.2, 40.0, 6, 2)
+                call["q_normalization"], call["config"].num_simulations,
+                call["config"].lstm_horizon_len) == (3, 0.2, 40.0, "tree", 6, 2)
     gumbel_reads = {k: v for k, v in gumbel_model_config.reads.items() if k != "search_algorithm"}
     assert gumbel_model_config.reads["search_algorithm"] == "gumbel"
     read |= assert_delivered(gumbel_reads, "gumbel module", GUMBEL_RUN)

@@ -58,21 +58,25 @@ class GumbelSettings:
             with `reanalyze_noise`); greedy acting uses none.
         value_scale, maxvisit_init: sigma(q) = (maxvisit_init + max N) * value_scale * q, q the
             completed Q rescaled to [0, 1].
+        q_normalization: how it is rescaled: "node" (mctx) or "tree" (EfficientZero V2).
     """
 
     max_num_considered_actions: int
     gumbel_scale: float
     value_scale: float
     maxvisit_init: float
+    q_normalization: str
 
 
 def gumbel_settings_from(model_config: Mapping[str, Any]) -> GumbelSettings:
-    """The Gumbel search settings of a BarlowZero model config."""
+    """The Gumbel search settings of a BarlowZero model config. Module checkpoints from before
+    `gumbel_q_normalization` lack the key: they searched with "node"."""
     return GumbelSettings(
         max_num_considered_actions=model_config["max_num_considered_actions"],
         gumbel_scale=model_config["gumbel_scale"],
         value_scale=model_config["value_scale"],
         maxvisit_init=model_config["maxvisit_init"],
+        q_normalization=model_config.get("gumbel_q_normalization", "node"),
     )
 
 
@@ -167,11 +171,12 @@ def gumbel_search(
     Args:
         network: a `BarlowZeroNetwork` (eval mode is the caller's business).
         obs: [B, *obs_shape] stacked observations on the network's device.
-        config: the search settings (`num_simulations`, `discount`, `lstm_horizon_len`; the pUCT
-            constants are not used).
+        config: the search settings (`num_simulations`, `discount`, `lstm_horizon_len`, and
+            `value_delta_max` with q_normalization "tree"; the pUCT constants are not used).
         gumbel: float32 [B, A], Gumbel(0, 1) noise already times `settings.gumbel_scale`
             (`draw_gumbel_noise`), or zeros for greedy play.
-        settings: `max_num_considered_actions`, `value_scale` and `maxvisit_init` are used here.
+        settings: `max_num_considered_actions`, `value_scale`, `maxvisit_init` and
+            `q_normalization` are used here.
         legal_actions: bool [B, A], or None for all legal.
 
     Returns:
@@ -183,6 +188,7 @@ def gumbel_search(
         root_logits, root_values, recurrent_fn, config, gumbel, legal_actions=legal_actions,
         max_num_considered_actions=settings.max_num_considered_actions,
         value_scale=settings.value_scale, maxvisit_init=settings.maxvisit_init,
+        q_normalization=settings.q_normalization,
     )
 
 
