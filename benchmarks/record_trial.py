@@ -22,6 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import learn  # noqa: E402  (benchmarks/ is not a package)
 
+from rllib_barlowzero.barlowzero import TRAINING_DEFAULTS  # noqa: E402
 from rllib_barlowzero.experiments import load_yaml  # noqa: E402
 
 
@@ -56,7 +57,8 @@ def trial_run(trial_dir: Path, report: dict[str, Any], yaml_path: Path) -> dict[
     }
     return {
         "env": spec["env"],
-        "loss": params["consistency_loss"],
+        # Tune's params.json holds only the settings the YAML gave: the rest are the defaults.
+        "loss": params.get("consistency_loss", TRAINING_DEFAULTS["consistency_loss"]),
         "seed": int(params["seed"]),
         "experiment": experiment,
         "config": spec["config"],

@@ -343,13 +343,14 @@ record_trial = _load_benchmark("record_trial")
 def test_a_trial_and_its_evaluation_become_one_run_of_the_record(tmp_path):
     yaml_path = write_yaml(tmp_path / "hour.yaml", {"hour": {
         "run": "BarlowZero", "env": "BreakoutNoFrameskip-v4", "stop": {"time_total_s": 3600},
-        "config": {"seed": 3, "consistency_loss": "barlow", "max_moves": 100}}})
+        "config": {"seed": 3, "max_moves": 100}}})
     trial = tmp_path / "trial"
     trial.mkdir()
     results = [{"env_runners": {"num_env_steps_sampled_lifetime": n}, "training_steps_done": n // 4,
                 "time_total_s": n / 10} for n in (400, 12_345)]
     (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results))
-    (trial / "params.json").write_text(json.dumps({"seed": 3, "consistency_loss": "barlow"}))
+    # As Tune writes it: only what the YAML set (here not consistency_loss, so the default).
+    (trial / "params.json").write_text(json.dumps({"seed": 3, "max_moves": 100}))
     report = {"checkpoint": "/ckpt", "episodes": 4, "scores": [0.0, 2.0, 5.0, 1.0],
               "lengths": [100, 80, 100, 60], "truncated": 2, "seconds": 12.5}
     report_path = tmp_path / "eval.json"
