@@ -116,21 +116,26 @@ cdef struct Search:
     int32_t* tbuf               # [A] scratch: tied actions
 
 
-cdef inline double normalize(const Search* st, intp b, double q) noexcept nogil:
-    """Min-max normalised Q clipped to [0, 1] (Q itself, clipped, while max <= min, e.g. empty)."""
-    cdef double lo = st.vmin[b]
-    cdef double hi = st.vmax[b]
+cdef inline double minmax_normalize(double lo, double hi, double delta_floor,
+                                    double q) noexcept nogil:
+    """(q - lo) / max(hi - lo, delta_floor) clipped to [0, 1] (q itself, clipped, while hi <= lo,
+    e.g. empty statistics). Shared by the pUCT search and the Gumbel search's "tree" mode."""
     cdef double delta
     if hi > lo:
         delta = hi - lo
-        if delta < st.value_delta_max:
-            delta = st.value_delta_max
+        if delta < delta_floor:
+            delta = delta_floor
         q = (q - lo) / delta
     if q < 0.0:
         q = 0.0
     if q > 1.0:
         q = 1.0
     return q
+
+
+cdef inline double normalize(const Search* st, intp b, double q) noexcept nogil:
+    """Q normalised by root b's min-max statistics (`minmax_normalize`)."""
+    return minmax_normalize(st.vmin[b], st.vmax[b], st.value_delta_max, q)
 
 
 cdef inline void update_minmax(Search* st, intp b, double q) noexcept nogil:
@@ -663,20 +668,9 @@ cdef void completed_q(const GSearch* st, intp b, intp node, double* out) noexcep
     mixed = (st.raw[base_node + node] + sum_n * weighted) / (sum_n + 1.0)
     scale = (st.maxvisit_init + max_n) * st.value_scale
     if st.tree_minmax:
-        lo = st.vmin[b]
-        hi = st.vmax[b]
         for a in range(A):
             q = out[a] if st.child[edge + a] != 0 else mixed
-            if hi > lo:
-                d = hi - lo
-                if d < st.value_delta_max:
-                    d = st.value_delta_max
-                q = (q - lo) / d
-            if q < 0.0:
-                q = 0.0
-            if q > 1.0:
-                q = 1.0
-            out[a] = scale * q
+            out[a] = scale * minmax_normalize(st.vmin[b], st.vmax[b], st.value_delta_max, q)
         return
     lo = INFINITY
     hi = -INFINITY
