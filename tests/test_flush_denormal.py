@@ -19,6 +19,7 @@ import torch
 from rllib_barlowzero.barlowzero import TRAINING_DEFAULTS
 from rllib_barlowzero.reanalyze_workers import ReanalyzeWorker
 from rllib_barlowzero.torch.networks import flush_denormals, flush_denormals_from
+
 try:  # tests/ on sys.path (pytest's default import of test modules)
     from tiny import tiny_cartpole_config
 except ImportError:  # tests/ imported as a package
