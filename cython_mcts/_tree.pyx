@@ -620,7 +620,7 @@ cdef struct GSearch:
     int32_t* pend_action
     double* shift               # the largest legal root logit
     double* vmin                # min-max statistics over the non-root nodes' Q (empty: +inf,
-    double* vmax                # -inf), updated by every backup
+    double* vmax                # -inf), updated by every backup in "tree" mode
     const int32_t* ncons        # number of considered actions, min(max considered, legal A)
     const uint8_t* legal        # [B, A]
     const float* gumbel         # [B, A]
@@ -825,11 +825,12 @@ cdef void gumbel_expand_backup(GSearch* st, intp b, intp sim, const float* vp, c
         st.visits[i] = st.visits[i] + 1
         if node == 0:
             break
-        q = st.reward[i] + st.discount * (st.value_sum[i] / st.visits[i])
-        if q < st.vmin[b]:
-            st.vmin[b] = q
-        if q > st.vmax[b]:
-            st.vmax[b] = q
+        if st.tree_minmax:  # only the "tree" mode reads the statistics
+            q = st.reward[i] + st.discount * (st.value_sum[i] / st.visits[i])
+            if q < st.vmin[b]:
+                st.vmin[b] = q
+            if q > st.vmax[b]:
+                st.vmax[b] = q
         v = st.reward[i] + st.discount * v
         node = st.parent[i]
 
