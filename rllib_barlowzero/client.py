@@ -19,11 +19,12 @@ import json
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from rllib_barlowzero.env import is_atari_env_id, make_atari_env, make_gym_env, stack_frames
+from rllib_barlowzero.env import atari_env_creator, is_atari_env_id, make_gym_env, stack_frames
 
 __all__ = ["BarlowZeroClient", "BarlowZeroServerError", "encode_observation", "main", "play"]
 
@@ -113,12 +114,15 @@ def play(
     *,
     seed: int | None = None,
     max_steps: int | None = None,
+    env_config: Mapping[str, Any] | None = None,
     client: BarlowZeroClient | None = None,
 ) -> list[float]:
     """Plays `episodes` games of `env_id` with the endpoint choosing every action.
 
     Atari ids go through `make_atari_env(env_id, training=False)` (whole games, raw scores),
     other ids through `make_gym_env` (images as channels-first uint8 frames, as in training).
+    `env_config` (Atari only) takes the training run's Atari settings (e.g.
+    `{"fire_on_life_start": True}`) so that the games are the ones the model was evaluated on.
     `max_steps` (optional) cuts an episode short. When the server keeps sessions, every step
     sends one frame in a session of this call's own (a fresh id, reset at each episode start);
     else it sends the stacked observation (see the module docstring).
@@ -136,8 +140,13 @@ def play(
     expected_dtype = np.dtype(info["observation_dtype"])
     sessions = info.get("sessions")
     use_sessions = isinstance(sessions, dict) and bool(sessions.get("enabled"))
+    if env_config and {"env_id", "training"} & set(env_config):
+        raise ValueError("env_config: 'env_id' and 'training' are set by play (its games are "
+                         "evaluation games of `env_id`)")
     if is_atari_env_id(env_id):
-        env = make_atari_env(env_id, training=False)
+        env = atari_env_creator({**(env_config or {}), "env_id": env_id, "training": False})
+    elif env_config:
+        raise ValueError(f"env_config is for Atari ids only; {env_id} is not one")
     else:
         env = make_gym_env(env_id)
     try:
@@ -205,8 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=1)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--env-config", type=json.loads, default=None,
+                        help='Atari settings of the training run as JSON, e.g. '
+                             '\'{"fire_on_life_start": true}\'')
     args = parser.parse_args(argv)
-    returns = play(args.url, args.env, args.episodes, seed=args.seed, max_steps=args.max_steps)
+    returns = play(args.url, args.env, args.episodes, seed=args.seed, max_steps=args.max_steps,
+                   env_config=args.env_config)
     for i, value in enumerate(returns):
         print(f"episode {i}: return {value:g}")
     print(f"mean return over {len(returns)} episodes: {float(np.mean(returns)):g}")

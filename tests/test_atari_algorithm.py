@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 def test_breakout_tiny_network_trains_and_evaluates():
     config = (
         BarlowZeroConfig()
-        .environment("BreakoutNoFrameskip-v4")
+        .environment("BreakoutNoFrameskip-v4", env_config={"fire_on_life_start": True})
         .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=20)
         .training(
             **MICRO_ATARI, num_steps_sampled_before_learning_starts=20, replay_ratio=0.05,
@@ -48,5 +48,10 @@ def test_breakout_tiny_network_trains_and_evaluates():
         assert evaluation["num_episodes"] >= 1
         assert evaluation["episode_len_mean"] <= 40
         assert algo.eval_env_runner.config.env_config["training"] is False
+        # The Atari env_config reaches both pipelines, the training one with episodic lives.
+        train_env = str(algo.env_runner.env.unwrapped.envs[0])
+        eval_env = str(algo.eval_env_runner.env.unwrapped.envs[0])
+        assert "FireOnLifeStart" in train_env and "FireOnLifeStart" in eval_env
+        assert "EpisodicLife" in train_env and "EpisodicLife" not in eval_env
     finally:
         algo.stop()

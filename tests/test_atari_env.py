@@ -260,3 +260,73 @@ def test_env_creator_and_registration():
 
     env = atari_env_creator({"env_id": "ALE/Pong-v5", "training": False, "max_moves": 5})
     assert env.action_space.n == 6 and env.reset(seed=0)[0].shape == (3, 96, 96)
+
+
+def _noop_game(env, max_steps: int = 10_000):
+    """Plays NOOP until the real game ends or is cut; (moves, lives, truncated, life-episodes)."""
+    env.reset(seed=0)
+    moves, episodes = 0, 1
+    while moves < max_steps:
+        _, _, terminated, truncated, info = env.step(0)
+        moves += 1
+        if truncated or (terminated and info.get("game_over", True)):
+            return moves, info["lives"], truncated, episodes
+        if terminated:  # a lost life in training: the next reset continues the game
+            episodes += 1
+            env.reset()
+    raise AssertionError("the game neither ended nor was cut")
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_fire_on_life_start_serves_every_ball(training):
+    # Without FIRE, Breakout never serves: a NOOP agent waits at the move cap with 5 lives.
+    off = make_atari_env("BreakoutNoFrameskip-v4", training=training, max_moves=600)
+    assert _noop_game(off) == (600, 5, True, 1)
+    # With it, every life's ball is served and missed: the game ends well before the cap.
+    on = make_atari_env(
+        "BreakoutNoFrameskip-v4", training=training, max_moves=600, fire_on_life_start=True
+    )
+    moves, lives, truncated, episodes = _noop_game(on)
+    assert lives == 0 and not truncated and moves < 300
+    assert episodes == (5 if training else 1)
+
+
+def test_fire_on_life_start_equals_pressing_fire_by_hand():
+    # The wrapper must be exactly an agent that presses FIRE after the reset (reward dropped)
+    # and right after each move that loses a life (reward added to that move).
+    acts = _actions(400, seed=5)
+    on = make_atari_env("ALE/Breakout-v5", training=False, fire_on_life_start=True)
+    by_hand = make_atari_env("ALE/Breakout-v5", training=False)
+    obs_on, _ = on.reset(seed=3)
+    by_hand.reset(seed=3)
+    obs_hand, *_ = by_hand.step(1)
+    lives, fires = 5, 0
+    for a in acts:
+        np.testing.assert_array_equal(obs_on, obs_hand)
+        obs_on, r_on, te_on, tr_on, info_on = on.step(int(a))
+        obs_hand, r_hand, te_hand, tr_hand, info_hand = by_hand.step(int(a))
+        if 0 < info_hand["lives"] < lives and not (te_hand or tr_hand):
+            obs_hand, r_fire, te_hand, tr_hand, fire_info = by_hand.step(1)
+            r_hand += r_fire
+            info_hand = {**fire_info, "raw_reward": info_hand["raw_reward"] + r_fire}
+            fires += 1
+        lives = info_hand["lives"]
+        assert (r_on, te_on, tr_on) == (r_hand, te_hand, tr_hand)
+        assert info_on["raw_reward"] == info_hand["raw_reward"]
+        assert info_on["lives"] == info_hand["lives"]
+        if te_on:
+            break
+    assert fires >= 1  # the case under test happened
+
+
+def test_fire_on_life_start_errors_and_routing():
+    with pytest.raises(ValueError, match="fire_on_life_start must be true or false"):
+        make_atari_env("ALE/Breakout-v5", fire_on_life_start="yes")
+    with pytest.raises(ValueError, match="no FIRE action"):
+        make_atari_env("ALE/Freeway-v5", fire_on_life_start=True)
+    assert "fire_on_life_start" in ATARI_ENV_CONFIG_KEYS
+    env = atari_env_creator(
+        {"env_id": "ALE/Breakout-v5", "training": False, "fire_on_life_start": True}
+    )
+    assert "FireOnLifeStart" in str(env)
+    assert "FireOnLifeStart" not in str(atari_env_creator({"env_id": "ALE/Breakout-v5"}))

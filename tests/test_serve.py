@@ -505,6 +505,18 @@ def test_client_plays_atari_frames_against_the_image_model(server):
     pytest.importorskip("ale_py")
     returns = play(server["image"], "BreakoutNoFrameskip-v4", episodes=1, seed=0, max_steps=12)
     assert len(returns) == 1 and returns[0] >= 0.0
+    # The training run's Atari settings reach the client's env: FIRE-serving games play, and
+    # 32x32 frames do not fit the model's 96x96 (the error names both shapes).
+    returns = play(server["image"], "BreakoutNoFrameskip-v4", episodes=1, seed=0, max_steps=12,
+                   env_config={"fire_on_life_start": True})
+    assert len(returns) == 1
+    with pytest.raises(ValueError, match=r"\[3, 32, 32\].*96"):
+        play(server["image"], "BreakoutNoFrameskip-v4", max_steps=2,
+             env_config={"frame_size": 32})
+    with pytest.raises(ValueError, match="'env_id' and 'training' are set by play"):
+        play(server["image"], "BreakoutNoFrameskip-v4", env_config={"training": True})
+    with pytest.raises(ValueError, match="Atari ids only"):
+        play(server["vector"], "CartPole-v1", env_config={"fire_on_life_start": True})
 
 
 # -- sessions: one frame per request, the server stacks -------------------------------------------

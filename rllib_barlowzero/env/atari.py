@@ -5,6 +5,7 @@ Pipeline (innermost first), one agent step = ``frame_skip`` raw ALE frames::
     AtariEnv(frameskip=1, repeat_action_probability=0.0)     raw RGB [210, 160, 3] uint8
     -> NoopReset(noop_max)        1..noop_max raw NOOP frames after each real reset
     -> MaxPoolFrameSkip(skip)     repeat the action, sum rewards, max over last 2 raw frames
+    -> FireOnLifeStart            (only with fire_on_life_start) FIRE after a reset or lost life
     -> ResizeRGB(frame_size)      cv2 INTER_AREA -> [3, frame_size, frame_size] uint8
     -> TimeLimit(max_moves)       truncation after ``max_moves`` agent steps of one game
     -> EpisodicLife               (training only) a lost life ends the episode
@@ -12,7 +13,11 @@ Pipeline (innermost first), one agent step = ``frame_skip`` raw ALE frames::
 
 Decisions (following EfficientZero's ``make_atari`` + ``EpisodicLifeEnv`` + ``WarpFrame``):
 
-* No FIRE-on-reset: EfficientZero does not use ``FireResetEnv``; the agent learns to fire.
+* No FIRE-on-reset by default: EfficientZero does not use ``FireResetEnv``; the agent learns to
+  fire. ``fire_on_life_start=True`` (a deviation, for short runs) serves the ball itself: one
+  FIRE agent step after every reset and every lost life, in training and evaluation alike (a
+  greedy agent that never learned FIRE otherwise waits at the move cap; the 2026-12-02 Breakout
+  hour did). Those FIRE steps are not moves of the agent and do not count toward ``max_moves``.
 * The no-op count is drawn from the base env's ``np_random`` (seeded by ``reset(seed=...)``);
   it can be forced with ``reset(options={"noops": k})`` and is reported as ``info["noops"]``.
 * ``max_moves`` counts the agent steps of a whole game: like in EfficientZero the time limit sits
@@ -35,6 +40,7 @@ from gymnasium.wrappers import TimeLimit, TransformReward
 __all__ = [
     "ATARI_ENV_CONFIG_KEYS",
     "EpisodicLife",
+    "FireOnLifeStart",
     "MaxPoolFrameSkip",
     "NoopReset",
     "ResizeRGB",
@@ -56,6 +62,7 @@ ATARI_ENV_CONFIG_KEYS = (
     "full_action_space",
     "episodic_life",
     "clip_rewards",
+    "fire_on_life_start",
     "seed",
 )
 
@@ -128,6 +135,46 @@ class MaxPoolFrameSkip(gym.Wrapper):
         info = dict(info)
         info["raw_reward"] = total
         return obs, total, terminated, truncated, info
+
+
+class FireOnLifeStart(gym.Wrapper):
+    """Presses FIRE for one agent step at the start of every life: after each reset and right
+    after each step that loses a life (games such as Breakout wait for FIRE to serve the ball).
+
+    The FIRE step after a reset drops its reward, like the no-ops; the one after a lost life adds
+    its reward (and ``info["raw_reward"]``) to the step that lost the life. Raises ``ValueError``
+    for a game without a FIRE action.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        meanings = env.unwrapped.get_action_meanings()
+        if "FIRE" not in meanings:
+            raise ValueError(
+                f"fire_on_life_start: this game has no FIRE action (its actions: {meanings})"
+            )
+        self.fire_action = meanings.index("FIRE")
+        self.lives = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        obs, _, terminated, truncated, step_info = self.env.step(self.fire_action)
+        if terminated or truncated:  # pragma: no cover - a game does not end on its first FIRE
+            obs, info = self.env.reset(options=options)
+        else:
+            info = {**info, **step_info}
+        self.lives = _lives(self.env)
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = _lives(self.env)
+        if 0 < lives < self.lives and not (terminated or truncated):
+            obs, fire_reward, terminated, truncated, fire_info = self.env.step(self.fire_action)
+            reward = float(reward) + float(fire_reward)
+            info = {**fire_info, "raw_reward": info["raw_reward"] + fire_info["raw_reward"]}
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
 
 
 class ResizeRGB(gym.ObservationWrapper):
@@ -219,12 +266,14 @@ def make_atari_env(
     full_action_space: bool = False,
     episodic_life: bool | None = None,
     clip_rewards: bool | None = None,
+    fire_on_life_start: bool = False,
     seed: int | None = None,
 ) -> gym.Env:
     """Build EfficientZero's Atari pipeline; observations are uint8 [3, frame_size, frame_size].
 
     ``episodic_life`` and ``clip_rewards`` default to ``training``. ``seed`` (optional) seeds
     the first reset that is called without a seed, and the action space.
+    ``fire_on_life_start`` adds :class:`FireOnLifeStart` (off by default, as in EfficientZero).
     """
     if frame_size < 8:
         raise ValueError(f"frame_size must be >= 8, got {frame_size}")
@@ -234,6 +283,8 @@ def make_atari_env(
         raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
     if max_moves < 1:
         raise ValueError(f"max_moves must be >= 1, got {max_moves}")
+    if not isinstance(fire_on_life_start, bool):
+        raise ValueError(f"fire_on_life_start must be true or false, got {fire_on_life_start!r}")
     if not is_atari_env_id(env_id):
         raise ValueError(
             f"env_id {env_id!r} is not a known ALE (Atari) environment id; expected e.g. "
@@ -257,6 +308,8 @@ def make_atari_env(
 
     env = NoopReset(env, noop_max=noop_max)
     env = MaxPoolFrameSkip(env, skip=frame_skip)
+    if fire_on_life_start:
+        env = FireOnLifeStart(env)
     env = ResizeRGB(env, size=frame_size)
     env = TimeLimit(env, max_episode_steps=max_moves)
     if episodic_life:
