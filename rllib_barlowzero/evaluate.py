@@ -371,8 +371,9 @@ def _on_terminal() -> bool:
         return False
 
 
-def _play(env_runner: Any, num_games: int, sink: Any = None) -> list[tuple[float, int, bool]]:
-    """(score, length, truncated) of `num_games` whole games, a fixed share per env.
+def _play(env_runner: Any, num_games: int, sink: Any = None) -> list[tuple[float, int, bool, list]]:
+    """(score, length, truncated, moves per action) of `num_games` whole games, a fixed share
+    per env.
 
     On a remote env runner, `sink` (a Ray queue) receives each game's score as it ends.
     """
@@ -385,10 +386,15 @@ def _play(env_runner: Any, num_games: int, sink: Any = None) -> list[tuple[float
         episodes = env_runner.sample(num_episodes=num_games, explore=False)
     finally:
         _progress_bar.sink = None
-    return [(float(e.get_return()), len(e), bool(e.is_truncated)) for e in episodes]
+    num_actions = int(env_runner.env.single_action_space.n)
+    return [
+        (float(e.get_return()), len(e), bool(e.is_truncated),
+         np.bincount(np.asarray(e.get_actions(), dtype=np.int64), minlength=num_actions).tolist())
+        for e in episodes
+    ]
 
 
-def _play_remote(group: Any, episodes: int, progress: bool) -> list[tuple[float, int, bool]]:
+def _play_remote(group: Any, episodes: int, progress: bool) -> list[tuple[float, int, bool, list]]:
     """`_play` on every remote evaluation env runner, each its quota; the games in runner order.
 
     With `progress`, the runners send each score to a Ray queue that this process drains into the
@@ -401,7 +407,7 @@ def _play_remote(group: Any, episodes: int, progress: bool) -> list[tuple[float,
 
         sink = Queue(actor_options={"num_cpus": 0})
 
-    def play(env_runner: Any) -> list[tuple[float, int, bool]]:
+    def play(env_runner: Any) -> list[tuple[float, int, bool, list]]:
         # Remote runners are numbered 1..runners.
         return _play(env_runner, episode_quotas(episodes, runners)[env_runner.worker_index - 1],
                      sink)
@@ -445,7 +451,9 @@ def play_games(
     The games are split as evenly as possible over the runners, and each runner's share over its
     envs; every env plays its share back to back from its seeded reset. Which games are reported
     is fixed before any is played, so long games weigh as much as short ones. `truncated` counts
-    the games cut at the move cap (or a time limit) rather than ended by the game. With
+    the games cut at the move cap (or a time limit) rather than ended by the game;
+    `action_counts[a]` the moves that played action `a`, over all games (a greedy agent stuck on
+    one action shows here). With
     `progress`, a progress bar over the games moves at each game's end, on a terminal only.
     """
     if episodes < 1:
@@ -462,9 +470,10 @@ def play_games(
     finally:
         _progress_bar.finish()
     results = results[:episodes]
-    scores = [score for score, _, _ in results]
-    lengths = [length for _, length, _ in results]
-    truncated = sum(cut for _, _, cut in results)
+    scores = [score for score, *_ in results]
+    lengths = [length for _, length, *_ in results]
+    truncated = sum(cut for _, _, cut, _ in results)
+    action_counts = np.sum([counts for *_, counts in results], axis=0).astype(int).tolist()
     return {
         "checkpoint": checkpoint,
         "algorithm": type(algo).__name__,
@@ -478,6 +487,7 @@ def play_games(
         "length": summary_statistics(lengths),
         "truncated": truncated,
         "truncated_share": truncated / len(results) if results else 0.0,
+        "action_counts": action_counts,
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -512,6 +522,10 @@ def format_table(report: dict[str, Any]) -> str:
             f"games cut at the move cap: {report['truncated']} of {report['episodes']} "
             f"({share:.0%})",
         ]
+    if report.get("action_counts"):
+        counts = np.asarray(report["action_counts"], dtype=np.float64)
+        shares = ", ".join(f"{a}: {c / counts.sum():.0%}" for a, c in enumerate(counts))
+        lines.append(f"moves per action: {shares}")
     return "\n".join(lines)
 
 

@@ -178,3 +178,13 @@ def test_table_counts_the_games_cut_at_the_move_cap():
     }
     assert format_table(report).splitlines()[-1] == "games cut at the move cap: 3 of 32 (9%)"
 
+
+
+def test_table_shows_the_share_of_moves_per_action():
+    stats = summary_statistics([1.0, 2.0])
+    report = {
+        "algorithm": "BarlowZero", "env": "BreakoutNoFrameskip-v4", "episodes": 2,
+        "checkpoint": None, "score": stats, "length": stats, "truncated": 0,
+        "truncated_share": 0.0, "action_counts": [0, 30, 10, 60],
+    }
+    assert format_table(report).splitlines()[-1] == "moves per action: 0: 0%, 1: 30%, 2: 10%, 3: 60%"

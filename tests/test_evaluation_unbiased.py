@@ -47,8 +47,9 @@ class VariableLengthEnv(gym.Env):
     The first reset's seed picks the lengths: seed % 4 == 0 (slot 0 of a runner seeded with a
     multiple of 4) plays long episodes of 30..40 steps, other seeds short ones of 2..10 steps.
     Episodes longer than `env_config["time_limit"]` (if any) are truncated there. Every seeded
-    reset starts a new `log` of the finished episodes: (ordinal, length, truncated); the reset
-    infos carry the env's `serial` number and the episode's `ordinal`.
+    reset starts a new `log` of the finished episodes: (ordinal, length, truncated), and a new
+    `action_log`: ordinal -> the actions it received; the reset infos carry the env's `serial`
+    number and the episode's `ordinal`.
     """
 
     observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -60,14 +61,16 @@ class VariableLengthEnv(gym.Env):
         self.serial = len(VariableLengthEnv.instances)
         VariableLengthEnv.instances.append(self)
         self.log: list[tuple[int, int, bool]] = []
+        self.action_log: dict[int, list[int]] = {}
         self.long = False
         self.ordinal = -1
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         if seed is not None:
-            self.long, self.ordinal, self.log = seed % 4 == 0, -1, []
+            self.long, self.ordinal, self.log, self.action_log = seed % 4 == 0, -1, [], {}
         self.ordinal += 1
+        self.action_log[self.ordinal] = []
         self.length = int(self.np_random.integers(30, 41) if self.long
                           else self.np_random.integers(2, 11))
         self.t = 0
@@ -77,6 +80,7 @@ class VariableLengthEnv(gym.Env):
         return np.array([self.t / 40, self.length / 40, self.ordinal / 10, 0.0], np.float32)
 
     def step(self, action):
+        self.action_log[self.ordinal].append(int(action))
         self.t += 1
         terminated = self.t >= self.length
         truncated = not terminated and self.time_limit is not None and self.t >= self.time_limit
@@ -232,6 +236,11 @@ def test_play_games_plays_exactly_the_quota_and_moves_the_bar_for_kept_games(
     assert report["episodes"] == EPISODES
     assert sorted(report["lengths"]) == lengths and sorted(report["scores"]) == lengths
     assert report["truncated"] == 0 and report["truncated_share"] == 0.0
+    # Moves per action over the kept games, from the actions the envs themselves received.
+    received = [a for slot, env in enumerate(slot_envs(algo.eval_env_runner))
+                for ordinal, _, _ in env.log[:2] for a in env.action_log[ordinal]]
+    assert report["action_counts"] == [received.count(0), received.count(1)]
+    assert sum(report["action_counts"]) == sum(lengths)
     bar = capsys.readouterr().err
     assert f"{EPISODES}/{EPISODES}" in bar and f"{EPISODES + 1}/" not in bar
     mean = float(re.findall(r"mean (\S+)", bar)[-1])
