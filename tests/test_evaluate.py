@@ -187,4 +187,5 @@ def test_table_shows_the_share_of_moves_per_action():
         "checkpoint": None, "score": stats, "length": stats, "truncated": 0,
         "truncated_share": 0.0, "action_counts": [0, 30, 10, 60],
     }
-    assert format_table(report).splitlines()[-1] == "moves per action: 0: 0%, 1: 30%, 2: 10%, 3: 60%"
+    last = format_table(report).splitlines()[-1]
+    assert last == "moves per action: 0: 0%, 1: 30%, 2: 10%, 3: 60%"
