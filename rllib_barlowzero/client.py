@@ -119,7 +119,7 @@ def play(
 ) -> list[float]:
     """Plays `episodes` games of `env_id` with the endpoint choosing every action.
 
-    Atari ids go through `make_atari_env(env_id, training=False)` (whole games, raw scores),
+    Atari ids go through the Atari pipeline with `training=False` (whole games, raw scores),
     other ids through `make_gym_env` (images as channels-first uint8 frames, as in training).
     `env_config` (Atari only) takes the training run's Atari settings (e.g.
     `{"fire_on_life_start": True}`) so that the games are the ones the model was evaluated on.
@@ -134,15 +134,15 @@ def play(
         RuntimeError: if the server lost the session mid-episode (evicted: its idle timeout or
             session cap), since the stacked frames would no longer be the episode's.
     """
+    if env_config and {"env_id", "training"} & set(env_config):
+        raise ValueError("env_config: 'env_id' and 'training' are set by play (its games are "
+                         "evaluation games of `env_id`)")
     client = client or BarlowZeroClient(url)
     info = client.health()
     expected_shape = tuple(info["observation_shape"])
     expected_dtype = np.dtype(info["observation_dtype"])
     sessions = info.get("sessions")
     use_sessions = isinstance(sessions, dict) and bool(sessions.get("enabled"))
-    if env_config and {"env_id", "training"} & set(env_config):
-        raise ValueError("env_config: 'env_id' and 'training' are set by play (its games are "
-                         "evaluation games of `env_id`)")
     if is_atari_env_id(env_id):
         env = atari_env_creator({**(env_config or {}), "env_id": env_id, "training": False})
     elif env_config:
