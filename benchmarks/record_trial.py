@@ -55,13 +55,15 @@ def trial_run(trial_dir: Path, report: dict[str, Any], yaml_path: Path) -> dict[
         "eval_s": float(report["seconds"]),
         "checkpoint": report["checkpoint"],
     }
+    # Tune's params.json holds the settings the trial ran with as given (the YAML's config with
+    # `rllib train file --config` merged in, and the env); the rest are the algorithm's defaults.
+    config = {key: value for key, value in params.items() if key != "env"}
     return {
-        "env": spec["env"],
-        # Tune's params.json holds only the settings the YAML gave: the rest are the defaults.
-        "loss": params.get("consistency_loss", TRAINING_DEFAULTS["consistency_loss"]),
-        "seed": int(params["seed"]),
+        "env": params.get("env", spec["env"]),
+        "loss": config.get("consistency_loss", TRAINING_DEFAULTS["consistency_loss"]),
+        "seed": int(config["seed"]),
         "experiment": experiment,
-        "config": spec["config"],
+        "config": config,
         "stop": spec.get("stop"),
         "trial": str(trial_dir),
         "curve": [point],

@@ -371,3 +371,29 @@ def test_a_trial_and_its_evaluation_become_one_run_of_the_record(tmp_path):
     assert (point["episodes"], point["truncated"], point["checkpoint"]) == (4, 2, "/ckpt")
     assert run["final_eval_mean"] == 2.0 and run["finished"] is True
     assert (out / "learning_hour.png").stat().st_size > 0
+
+
+def test_a_trial_run_with_command_line_overrides_is_recorded_with_them(tmp_path):
+    # `rllib train file hour.yaml --config '{"search_algorithm": "gumbel"}'`: Tune's params.json
+    # has the override; the record must say what ran, not what the YAML says.
+    yaml_path = write_yaml(tmp_path / "hour.yaml", {"hour": {
+        "run": "BarlowZero", "env": "BreakoutNoFrameskip-v4", "stop": {"time_total_s": 3600},
+        "config": {"seed": 0, "num_simulations": 8}}})
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    (trial / "result.json").write_text(json.dumps(
+        {"env_runners": {"num_env_steps_sampled_lifetime": 100}, "training_steps_done": 25,
+         "time_total_s": 10.0}) + "\n")
+    (trial / "params.json").write_text(json.dumps(
+        {"env": "BreakoutNoFrameskip-v4", "seed": 1, "num_simulations": 8,
+         "search_algorithm": "gumbel", "consistency_loss": "none"}))
+    report_path = tmp_path / "eval.json"
+    report_path.write_text(json.dumps({"checkpoint": "/ckpt", "episodes": 1, "scores": [3.0],
+                                       "lengths": [90], "truncated": 0, "seconds": 1.0}))
+    out = tmp_path / "results"
+    assert record_trial.main([str(trial), str(report_path), "--yaml", str(yaml_path),
+                              "--name", "hour_gumbel", "--out-dir", str(out)]) == 0
+    (run,) = json.loads((out / "learning_hour_gumbel.json").read_text())
+    assert run["config"] == {"seed": 1, "num_simulations": 8, "search_algorithm": "gumbel",
+                             "consistency_loss": "none"}
+    assert (run["loss"], run["seed"], run["env"]) == ("none", 1, "BreakoutNoFrameskip-v4")
