@@ -340,17 +340,25 @@ def test_cartpole_end_causes_agree_with_the_env():
 record_trial = _load_benchmark("record_trial")
 
 
-def test_a_trial_and_its_evaluation_become_one_run_of_the_record(tmp_path):
+def write_hour_trial(tmp_path: Path, yaml_config: dict, params: dict,
+                     env_steps: tuple[int, ...]) -> tuple[Path, Path]:
+    """A one-hour YAML and a Tune trial folder (result.json per env-step count, params.json)."""
     yaml_path = write_yaml(tmp_path / "hour.yaml", {"hour": {
         "run": "BarlowZero", "env": "BreakoutNoFrameskip-v4", "stop": {"time_total_s": 3600},
-        "config": {"seed": 3, "max_moves": 100}}})
+        "config": yaml_config}})
     trial = tmp_path / "trial"
     trial.mkdir()
     results = [{"env_runners": {"num_env_steps_sampled_lifetime": n}, "training_steps_done": n // 4,
-                "time_total_s": n / 10} for n in (400, 12_345)]
+                "time_total_s": n / 10} for n in env_steps]
     (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results))
-    # As Tune writes it: only what the YAML set (here not consistency_loss, so the default).
-    (trial / "params.json").write_text(json.dumps({"seed": 3, "max_moves": 100}))
+    (trial / "params.json").write_text(json.dumps(params))
+    return yaml_path, trial
+
+
+def test_a_trial_and_its_evaluation_become_one_run_of_the_record(tmp_path):
+    # params.json as Tune writes it: only what the YAML set (no consistency_loss: the default).
+    yaml_path, trial = write_hour_trial(tmp_path, {"seed": 3, "max_moves": 100},
+                                        {"seed": 3, "max_moves": 100}, (400, 12_345))
     report = {"checkpoint": "/ckpt", "episodes": 4, "scores": [0.0, 2.0, 5.0, 1.0],
               "lengths": [100, 80, 100, 60], "truncated": 2, "seconds": 12.5}
     report_path = tmp_path / "eval.json"
@@ -376,17 +384,10 @@ def test_a_trial_and_its_evaluation_become_one_run_of_the_record(tmp_path):
 def test_a_trial_run_with_command_line_overrides_is_recorded_with_them(tmp_path):
     # `rllib train file hour.yaml --config '{"search_algorithm": "gumbel"}'`: Tune's params.json
     # has the override; the record must say what ran, not what the YAML says.
-    yaml_path = write_yaml(tmp_path / "hour.yaml", {"hour": {
-        "run": "BarlowZero", "env": "BreakoutNoFrameskip-v4", "stop": {"time_total_s": 3600},
-        "config": {"seed": 0, "num_simulations": 8}}})
-    trial = tmp_path / "trial"
-    trial.mkdir()
-    (trial / "result.json").write_text(json.dumps(
-        {"env_runners": {"num_env_steps_sampled_lifetime": 100}, "training_steps_done": 25,
-         "time_total_s": 10.0}) + "\n")
-    (trial / "params.json").write_text(json.dumps(
+    yaml_path, trial = write_hour_trial(
+        tmp_path, {"seed": 0, "num_simulations": 8},
         {"env": "BreakoutNoFrameskip-v4", "seed": 1, "num_simulations": 8,
-         "search_algorithm": "gumbel", "consistency_loss": "none"}))
+         "search_algorithm": "gumbel", "consistency_loss": "none"}, (100,))
     report_path = tmp_path / "eval.json"
     report_path.write_text(json.dumps({"checkpoint": "/ckpt", "episodes": 1, "scores": [3.0],
                                        "lengths": [90], "truncated": 0, "seconds": 1.0}))
