@@ -17,8 +17,10 @@ first iteration at or past it, and the record holds the env steps actually reach
 draws random numbers or depends on timing: the same seed and settings give the same curve.
 
 Losses and their coefficients:
-  * A YAML file with one experiment: `--losses` overrides its `consistency_loss`, and each loss
-    runs with its method's own coefficients (unless `--keep-coefficients`, which keeps the YAML's):
+  * A YAML file with one experiment: `--losses` overrides its `consistency_loss`. The YAML's own
+    loss runs as written (a coefficient the YAML sets is that method's recipe for the task, and
+    takes effect); every other loss runs with its method's own coefficients, as does the YAML's
+    own loss for a coefficient it leaves unset (`--keep-coefficients` keeps the YAML's for all):
         barlow   consistency 0.001, policy 10, value 0.25   (BarlowZero, the paper's Table 2)
         simsiam  consistency 2,     policy 1,  value 0.25   (EfficientZero)
         none     consistency 0,     policy 1,  value 0.25   (MuZero: no consistency loss)
@@ -85,6 +87,7 @@ LOSS_COEFFICIENTS: dict[str, dict[str, float]] = {
     "none": {"consistency_loss_coeff": 0.0, "policy_loss_coeff": 1.0, "value_loss_coeff": 0.25},
 }
 LOSS_ORDER = ("barlow", "simsiam", "none")
+DEFAULT_LOSS = "barlow"  # BarlowZeroConfig's consistency_loss when a YAML sets none
 LOSS_COLOURS = {"barlow": "tab:blue", "simsiam": "tab:orange", "none": "tab:green"}
 ENV_STEPS_STOP_KEYS = ("env_runners/num_env_steps_sampled_lifetime",
                        "num_env_steps_sampled_lifetime")
@@ -203,10 +206,13 @@ def plan_runs(experiments: dict[str, dict[str, Any]], losses: list[str] | None,
             sources = {key: "yaml" if key in config else "algorithm default"
                        for key in COEFF_KEYS}
             if single:
+                own_loss = config.get("consistency_loss", DEFAULT_LOSS)
                 config["consistency_loss"] = loss
                 if not keep_coefficients:
-                    config.update(LOSS_COEFFICIENTS[loss])
-                    sources = {key: f"{loss} default" for key in COEFF_KEYS}
+                    for key, value in LOSS_COEFFICIENTS[loss].items():
+                        if loss != own_loss or key not in config:
+                            config[key] = value
+                            sources[key] = f"{loss} default"
             config = deep_merge(config, overrides)
             for key in COEFF_KEYS:
                 if key in overrides:

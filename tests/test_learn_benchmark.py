@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
+from rllib_barlowzero import BarlowZeroConfig
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +98,8 @@ def test_two_invocations_merge_into_one_record(ray_session, tmp_path, capsys, mo
     monkeypatch.setattr(learn, "record_runs", record_runs)
     printed = capsys.readouterr().out
     # Progress: the coefficients each run used, a line per evaluation point, the summary.
-    assert "consistency_loss_coeff=0.001 (barlow default)" in printed
+    assert "consistency_loss_coeff=0.5 (yaml)" in printed  # the YAML's own loss, as written
+    assert "policy_loss_coeff=10 (barlow default)" in printed
     assert "consistency_loss_coeff=0 (none default)" in printed
     assert printed.count("eval at") == 4
     json_path, png_path = out / "learning_tiny_cartpole.json", out / "learning_tiny_cartpole.png"
@@ -128,8 +131,10 @@ def test_two_invocations_merge_into_one_record(ray_session, tmp_path, capsys, mo
         assert run["env"] == "CartPole-v1"
         config = run["config"]
         assert config["seed"] == run["seed"] and config["consistency_loss"] == run["loss"]
-        for key, value in learn.LOSS_COEFFICIENTS[run["loss"]].items():
-            assert config[key] == value
+        # The YAML's own loss (barlow) keeps the consistency coefficient the YAML sets.
+        expected = {**learn.LOSS_COEFFICIENTS[run["loss"]],
+                    **({"consistency_loss_coeff": 0.5} if run["loss"] == "barlow" else {})}
+        assert {key: config[key] for key in expected} == expected
         assert config["evaluation_duration"] == EVAL_EPISODES
         curve = run["curve"]
         assert [p["target_env_steps"] for p in curve] == targets
@@ -243,16 +248,34 @@ def test_a_loss_runs_with_its_methods_own_coefficients():
         "none": {"consistency_loss_coeff": 0.0, "policy_loss_coeff": 1.0,
                  "value_loss_coeff": 0.25},
     }
-    experiments = {"tiny": tiny_experiment(policy_loss_coeff=3.0)}
+    # A YAML written for simsiam that sets two of the three coefficients.
+    experiments = {"tiny": tiny_experiment(consistency_loss="simsiam", policy_loss_coeff=3.0)}
     runs = learn.plan_runs(experiments, None, [0, 1], eval_episodes=4)
     assert [(r.loss, r.seed) for r in runs] == [
         ("barlow", 0), ("simsiam", 0), ("none", 0), ("barlow", 1), ("simsiam", 1), ("none", 1)]
     for run in runs:
         assert run.config["consistency_loss"] == run.loss
-        assert coefficients(run) == learn.LOSS_COEFFICIENTS[run.loss]
         assert run.config["seed"] == run.seed and run.config["evaluation_duration"] == 4
         assert run.config["evaluation_interval"] is None
-        assert set(run.coefficient_sources.values()) == {f"{run.loss} default"}
+        if run.loss == "simsiam":
+            # The YAML's own loss keeps what the YAML sets; what it leaves unset is the method's.
+            assert coefficients(run) == {"consistency_loss_coeff": 0.5, "policy_loss_coeff": 3.0,
+                                         "value_loss_coeff": 0.25}
+            assert run.coefficient_sources == {"consistency_loss_coeff": "yaml",
+                                               "policy_loss_coeff": "yaml",
+                                               "value_loss_coeff": "simsiam default"}
+        else:
+            assert coefficients(run) == learn.LOSS_COEFFICIENTS[run.loss]
+            assert set(run.coefficient_sources.values()) == {f"{run.loss} default"}
+
+    # A YAML without a consistency_loss is the algorithm's default loss (barlow) as written.
+    no_loss = tiny_experiment(policy_loss_coeff=3.0)
+    del no_loss["config"]["consistency_loss"]
+    (barlow,) = learn.plan_runs({"tiny": no_loss}, ["barlow"], [0])
+    assert coefficients(barlow) == {"consistency_loss_coeff": 0.5, "policy_loss_coeff": 3.0,
+                                    "value_loss_coeff": 0.25}
+    assert learn.DEFAULT_LOSS == learn.build_config(barlow).consistency_loss == (
+        BarlowZeroConfig().consistency_loss)
 
     # --keep-coefficients: the YAML's (and the algorithm's defaults where it has none).
     kept = learn.plan_runs(experiments, ["simsiam"], [0], keep_coefficients=True)
