@@ -73,6 +73,7 @@ from typing import Any
 
 import numpy as np
 
+from rllib_barlowzero.barlowzero import TRAINING_DEFAULTS
 from rllib_barlowzero.experiments import UserError, load_yaml, parse_json_arg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ LOSS_COEFFICIENTS: dict[str, dict[str, float]] = {
     "none": {"consistency_loss_coeff": 0.0, "policy_loss_coeff": 1.0, "value_loss_coeff": 0.25},
 }
 LOSS_ORDER = ("barlow", "simsiam", "none")
-DEFAULT_LOSS = "barlow"  # BarlowZeroConfig's consistency_loss when a YAML sets none
+DEFAULT_LOSS = TRAINING_DEFAULTS["consistency_loss"]  # the loss of a YAML that names none
 LOSS_COLOURS = {"barlow": "tab:blue", "simsiam": "tab:orange", "none": "tab:green"}
 ENV_STEPS_STOP_KEYS = ("env_runners/num_env_steps_sampled_lifetime",
                        "num_env_steps_sampled_lifetime")
