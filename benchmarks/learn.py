@@ -81,8 +81,7 @@ COEFF_KEYS = ("consistency_loss_coeff", "policy_loss_coeff", "value_loss_coeff")
 # Each method with its own coefficients: BarlowZero's Table 2, EfficientZero's for SimSiam, and
 # MuZero (no consistency loss) with EfficientZero's value and policy weights.
 LOSS_COEFFICIENTS: dict[str, dict[str, float]] = {
-    "barlow": {"consistency_loss_coeff": 0.001, "policy_loss_coeff": 10.0,
-               "value_loss_coeff": 0.25},
+    "barlow": {key: TRAINING_DEFAULTS[key] for key in COEFF_KEYS},  # the paper's Table 2
     "simsiam": {"consistency_loss_coeff": 2.0, "policy_loss_coeff": 1.0,
                 "value_loss_coeff": 0.25},
     "none": {"consistency_loss_coeff": 0.0, "policy_loss_coeff": 1.0, "value_loss_coeff": 0.25},
