@@ -78,6 +78,19 @@ def test_augment_applies_in_order():
     torch.testing.assert_close(augment(x, ["shift", "intensity"], _gen(11)), expected)
 
 
+@pytest.mark.parametrize("names", [["shift"], ["intensity"], ["shift", "intensity"],
+                                   ["intensity", "shift"]])
+def test_uint8_frames_give_the_float_result(names):
+    # The module passes uint8 frames: the crop runs on uint8, so it must equal augmenting the
+    # float copy exactly, and the output is float32 either way.
+    frames = torch.randint(0, 256, (6, 12, 20, 16), dtype=torch.uint8,
+                           generator=_gen(3))
+    from_uint8 = augment(frames, names, _gen(5))
+    from_float = augment(frames.float(), names, _gen(5))
+    assert from_uint8.dtype == torch.float32
+    torch.testing.assert_close(from_uint8, from_float, rtol=0, atol=0)
+
+
 def test_unknown_augmentation_names_are_refused():
     with pytest.raises(ValueError, match="'shift', 'intensity'"):
         augment(_images(), ["shift", "rotate"], _gen(0))

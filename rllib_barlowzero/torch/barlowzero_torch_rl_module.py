@@ -235,7 +235,8 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         augmented = bool(self.augmentation) and obs.dim() == 4
         if augmented:
             # On the 0..255 scale: a crop and a per-sample factor commute with the network's /255.
-            obs = augment(obs.float(), self.augmentation)
+            # uint8 in, float out: the crop runs on the uint8 frames (see `augment`).
+            obs = augment(obs, self.augmentation)
 
         state = net.representation(obs)
         policy_logits, value_logits = net.prediction(state)
@@ -265,7 +266,7 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
                 # One shift and one intensity per sample for all K targets (EfficientZero
                 # augments a sample's whole target stack at once): channels side by side.
                 b, k, c, h, w = target_obs.shape
-                stacked = augment(target_obs.reshape(b, k * c, h, w).float(), self.augmentation)
+                stacked = augment(target_obs.reshape(b, k * c, h, w), self.augmentation)
                 target_obs = stacked.reshape(b, k, c, h, w)
             flat_target = target_obs.reshape(-1, *target_obs.shape[2:])
             online = torch.stack(states, dim=1)
