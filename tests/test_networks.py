@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from rllib_barlowzero import BarlowZeroConfig
+from rllib_barlowzero.torch.barlowzero_torch_rl_module import BarlowZeroTorchRLModule
 from rllib_barlowzero.torch.losses import (
     barlow_twins_loss,
     categorical_cross_entropy,
@@ -310,3 +315,60 @@ def test_sgd_drives_every_loss_term_down(consistency):
         assert last[key] < first[key] - 0.1 * abs(first[key]), (
             f"{key}: {first[key]:.4f} -> {last[key]:.4f}"
         )
+
+
+@pytest.fixture
+def deterministic_torch():
+    """Deterministic algorithms on, as RLlib's seeding leaves them on CPU; restored afterwards."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.utils.deterministic.fill_uninitialized_memory = before[1]
+
+
+def test_skipping_the_uninitialized_memory_fill_changes_no_result(deterministic_torch):
+    # The module turns torch's NaN fill of new tensors off (skip_uninitialized_memory_fill). An
+    # image unroll with the consistency branch, its loss and every gradient must be bit for bit
+    # what they are with the fill on: a NaN read anywhere would show up as a difference.
+    torch.manual_seed(3)
+    net = BarlowZeroNetwork(SMALL_OBS, 4, **SMALL)
+    obs = _uint8_obs(8, seed=1)
+    target_obs = _uint8_obs(8, seed=2)
+    actions = torch.randint(0, 4, (8, 3), generator=torch.Generator().manual_seed(4))
+
+    def unroll_and_backward(fill: bool) -> list[torch.Tensor]:
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        net.zero_grad(set_to_none=True)
+        state = net.representation(obs)
+        lstm_state = net.initial_lstm_state(8, obs.device)
+        outputs = list(net.prediction(state))
+        for k in range(actions.shape[1]):
+            state, lstm_state, prefix = net.dynamics(state, lstm_state, actions[:, k])
+            outputs += [prefix, *net.prediction(state)]
+        outputs += [net.project(state, branch="online"),
+                    net.project(net.representation(target_obs), branch="target")]
+        loss = sum(o.float().square().mean() for o in outputs)
+        loss.backward()
+        grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+        return [o.detach() for o in outputs] + [loss.detach()] + grads
+
+    with_fill = unroll_and_backward(True)
+    without_fill = unroll_and_backward(False)
+    assert len(with_fill) == len(without_fill) > 20
+    for a, b in zip(with_fill, without_fill, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_building_the_module_turns_the_fill_off(deterministic_torch):
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    RLModuleSpec(
+        module_class=BarlowZeroTorchRLModule,
+        observation_space=gym.spaces.Box(-1, 1, (4,), np.float32),
+        action_space=gym.spaces.Discrete(2),
+        model_config=BarlowZeroConfig().training(mlp_hidden_layers=[16]).model_config,
+    ).build()
+    assert torch.utils.deterministic.fill_uninitialized_memory is False
+    assert torch.are_deterministic_algorithms_enabled()  # determinism itself is kept

@@ -18,6 +18,7 @@ from rllib_barlowzero.torch.networks import (
     choose_downsample,
     flush_denormals,
     flush_denormals_from,
+    skip_uninitialized_memory_fill,
 )
 from rllib_barlowzero.torch.search import (
     SEARCH_ALGORITHMS,
@@ -95,6 +96,7 @@ class BarlowZeroTorchRLModule(TorchRLModule, InferenceOnlyAPI):
         # Every process that runs the network builds a module first (env runners, learners, Serve
         # replicas, the driver), so the CPU mode is set here, before their search threads start.
         flush_denormals(flush_denormals_from(cfg))
+        skip_uninitialized_memory_fill()  # RLlib's seeding turned it on (see the function)
         self.num_actions = int(self.action_space.n)
         observation_shape = tuple(self.observation_space.shape)
         self.network = BarlowZeroNetwork(

@@ -119,6 +119,20 @@ def flush_denormals(enabled: bool) -> None:
     torch.set_flush_denormal(enabled)
 
 
+def skip_uninitialized_memory_fill() -> None:
+    """Stops torch from filling every new tensor with NaN before an op writes it.
+
+    RLlib seeds torch with `use_deterministic_algorithms(True)` on CPU builds, which also turns on
+    `torch.utils.deterministic.fill_uninitialized_memory`: a debugging aid that catches ops reading
+    memory they never wrote. Every op's output buffer is then written twice; on the Breakout CPU
+    recipe the fills were 10% of a learner update and 18% of a reanalyze batch (torch profiler,
+    `aten::fill_`). Our ops write all they return, so turning the fill off changes no result
+    (tests/test_networks.py checks an unroll and its gradients bit for bit); deterministic
+    algorithms stay on. The flag is process-wide.
+    """
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
 def flush_denormals_from(model_config: Mapping[str, Any]) -> bool:
     """`flush_denormal` of a module's config; module checkpoints from before the setting lack the
     key and ran without the mode."""
