@@ -393,6 +393,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_env_runners=args.num_env_runners,
         envs_per_env_runner=args.envs_per_env_runner,
+        num_simulations=args.num_simulations,
     )
     try:
         if args.video:
@@ -501,6 +502,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--envs-per-env-runner", type=int, default=1,
                     help="games played at once per env runner (default 1; more is faster but "
                     "favours short games)")
+    ev.add_argument("--num-simulations", type=int, default=None,
+                    help="simulations of the evaluation search (default: the checkpoint's; "
+                    "a deeper search can show what a model trained with a short one knows)")
     ev.add_argument("--quiet", action="store_true",
                     help="no progress bar (it is drawn on a terminal only)")
     add_ray_args(ev)

@@ -217,13 +217,20 @@ def evaluation_config(
     seed: int | None = 0,
     num_env_runners: int = 0,
     envs_per_env_runner: int = 1,
+    num_simulations: int | None = None,
 ) -> dict[str, Any]:
     """The config dict of `checkpoint` (its `class_and_ctor_args.pkl`), resized to evaluate.
 
     Training env runners and learners shrink to one local process (a GPU is used only if there is
     one), reanalyze workers to none; evaluation gets `num_env_runners` runners (0: this process)
-    with `envs_per_env_runner` games each, greedy search, and optionally another `env` and `seed`.
+    with `envs_per_env_runner` games each, greedy search, and optionally another `env` and `seed`,
+    and a search of `num_simulations` (default: the checkpoint's evaluation setting).
     """
+    if num_simulations is not None and (
+        isinstance(num_simulations, bool) or not isinstance(num_simulations, int)
+        or num_simulations < 1
+    ):
+        raise EvaluateError(f"--num-simulations must be an integer >= 1, got {num_simulations!r}")
     config = trained_config(checkpoint)
     gpu = torch.cuda.is_available()
     config.update(
@@ -239,6 +246,7 @@ def evaluation_config(
             "explore": False,
             "num_envs_per_env_runner": envs_per_env_runner,
             "callbacks_on_episode_end": _on_episode_end,
+            **({"num_simulations": num_simulations} if num_simulations is not None else {}),
         },
     )
     if env is not None:
@@ -269,6 +277,7 @@ def load_algorithm(
     seed: int | None = 0,
     num_env_runners: int = 0,
     envs_per_env_runner: int = 1,
+    num_simulations: int | None = None,
 ) -> Any:
     """The algorithm of `checkpoint`, built from its config (`evaluation_config`) with the
     checkpoint's RLModule weights, ready to evaluate.
@@ -281,7 +290,8 @@ def load_algorithm(
     checkpoint = find_checkpoint(checkpoint)
     info = _checkpoint_info(Path(checkpoint))
     trained_on = info["ctor_args_and_kwargs"][0][0].get("env")
-    config = evaluation_config(checkpoint, env, seed, num_env_runners, envs_per_env_runner)
+    config = evaluation_config(checkpoint, env, seed, num_env_runners, envs_per_env_runner,
+                               num_simulations)
     weights = module_dir(checkpoint)
     # Built as `Algorithm.from_checkpoint` builds it: the checkpoint's class and config.
     algo = info["class"](config=config)
@@ -481,6 +491,7 @@ def play_games(
         "episodes": len(results),
         "seed": algo.config.seed,
         "explore": False,
+        "num_simulations": algo.config.get_evaluation_config_object().num_simulations,
         "scores": scores,
         "lengths": lengths,
         "score": summary_statistics(scores),
@@ -509,6 +520,7 @@ def format_table(report: dict[str, Any]) -> str:
     number of games cut at the move cap."""
     lines = [
         f"{report['algorithm']} on {report['env']}: {report['episodes']} games, greedy search"
+        + (f" ({report['num_simulations']} simulations)" if "num_simulations" in report else "")
         + (f", checkpoint {report['checkpoint']}" if report.get("checkpoint") else ""),
         "",
         f"{'':8}{'score':>12}{'length':>12}",

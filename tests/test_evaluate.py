@@ -21,8 +21,11 @@ from PIL import Image, ImageSequence
 from rllib_barlowzero import BarlowZeroConfig
 from rllib_barlowzero.evaluate import (
     CheckpointError,
+    EvaluateError,
     find_checkpoint,
     format_table,
+    load_algorithm,
+    play_games,
     summary_statistics,
 )
 
@@ -117,6 +120,29 @@ def test_evaluate_plays_whole_atari_games_and_records_a_gif(breakout_checkpoint,
     with Image.open(video) as gif:
         durations = [frame.info["duration"] for frame in ImageSequence.Iterator(gif)]
     assert sum(durations) == (MAX_MOVES + 1) * 40
+
+
+def test_evaluate_searches_with_the_simulations_asked_for(breakout_checkpoint):
+    # The checkpoint trained with 3 simulations; --num-simulations deepens only the evaluation
+    # search, and the report says which search played.
+    trained = MICRO_ATARI["num_simulations"]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for asked, expected in ((None, trained), (7, 7)):
+            algo = load_algorithm(str(breakout_checkpoint), num_simulations=asked)
+            try:
+                assert algo.eval_env_runner.module.mcts_config.num_simulations == expected
+                assert algo.env_runner.module.mcts_config.num_simulations == trained
+                report = play_games(algo, 1, progress=False)
+            finally:
+                algo.stop()
+            assert report["num_simulations"] == expected
+            assert f"greedy search ({expected} simulations)" in format_table(report)
+    finally:
+        ray.shutdown()
+    for bad in (0, -2, True, 2.5):
+        with pytest.raises(EvaluateError, match="--num-simulations must be an integer >= 1"):
+            load_algorithm(str(breakout_checkpoint), num_simulations=bad)
 
 
 def test_find_checkpoint_takes_a_trial_directory_latest(breakout_checkpoint, tmp_path):
