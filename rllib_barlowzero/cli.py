@@ -500,8 +500,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--num-env-runners", type=int, default=0,
                     help="parallel evaluation env runners (default: 0, play in this process)")
     ev.add_argument("--envs-per-env-runner", type=int, default=1,
-                    help="games played at once per env runner (default 1; more is faster but "
-                    "favours short games)")
+                    help="games played at once per env runner (default 1; more is faster; "
+                    "each env plays a fixed share of the games, so long ones are not dropped)")
     ev.add_argument("--num-simulations", type=int, default=None,
                     help="simulations of the evaluation search (default: the checkpoint's; "
                     "a deeper search can show what a model trained with a short one knows)")
