@@ -12,7 +12,7 @@ same machine load:
 - a reanalyze batch (sampling, target values, fresh searches),
 - self-play (one `sample` of 4 steps in each env, the search included).
 
-Prints the medians and their ratios and writes `benchmarks/results/bench_memory_fill.json`.
+Prints the medians and their ratios and writes `benchmarks/results/bench_memory_fill_<yaml>.json`.
 Run: python benchmarks/bench_memory_fill.py [--yaml FILE] [--repeats N]
 """
 
@@ -48,7 +48,9 @@ def main() -> None:
     parser.add_argument("--yaml", default=str(ROOT / "tuned_examples/breakout_cpu.yaml"))
     parser.add_argument("--warmup-steps", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/bench_memory_fill.json"))
+    parser.add_argument("--out", default=None,
+                        help="JSON path (default: "
+                        "benchmarks/results/bench_memory_fill_<yaml stem>.json)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -105,8 +107,10 @@ def main() -> None:
         record[name] = {"fill_on_ms": round(on, 1), "fill_off_ms": round(off, 1),
                         "on_over_off": round(on / off, 3)}
         print(f"{name:18} {on:13.1f} {off:14.1f} {on / off:9.3f}")
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    default = ROOT / "benchmarks" / "results" / f"bench_memory_fill_{Path(args.yaml).stem}.json"
+    out = Path(args.out) if args.out else default
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

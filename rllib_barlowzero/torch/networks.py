@@ -125,10 +125,10 @@ def skip_uninitialized_memory_fill() -> None:
     RLlib seeds torch with `use_deterministic_algorithms(True)` on CPU builds, which also turns on
     `torch.utils.deterministic.fill_uninitialized_memory`: a debugging aid that catches ops reading
     memory they never wrote. Every op's output buffer is then written twice; on the Breakout CPU
-    recipe that made a learner update, a reanalyze batch and a self-play step 5-6% slower
-    (benchmarks/bench_memory_fill.py). Our ops write all they return, so turning the fill off
-    changes no result (tests/test_networks.py checks an unroll and its gradients bit for bit);
-    deterministic algorithms stay on. The flag is process-wide.
+    recipe that made a learner update, a reanalyze batch and a self-play step 5-6% slower, 3-7%
+    on CartPole (benchmarks/bench_memory_fill.py). Our ops write all they return, so turning the
+    fill off changes no result (tests/test_networks.py checks an unroll and its gradients bit for
+    bit); deterministic algorithms stay on. The flag is process-wide.
     """
     torch.utils.deterministic.fill_uninitialized_memory = False
 
