@@ -241,7 +241,12 @@ def build_config(run: RunSpec):
 
 
 def default_env_steps(experiments: dict[str, dict[str, Any]], run: RunSpec) -> int:
-    """The experiment's stop env steps, else its `total_env_steps`."""
+    """The experiment's stop env steps, else its `total_env_steps` when it has no stop.
+
+    Any other stop (`time_total_s`, `training_iteration`, ...) is refused rather than ignored:
+    the curves stand at env-step points so that a seed gives the same curve, and a run silently
+    going on to `total_env_steps` is not what the YAML asked for.
+    """
     stop = experiments[run.experiment].get("stop") or {}
     for key in ENV_STEPS_STOP_KEYS:
         if key in stop:
@@ -249,6 +254,13 @@ def default_env_steps(experiments: dict[str, dict[str, Any]], run: RunSpec) -> i
     nested = (stop.get("env_runners") or {}) if isinstance(stop.get("env_runners"), dict) else {}
     if "num_env_steps_sampled_lifetime" in nested:
         return int(nested["num_env_steps_sampled_lifetime"])
+    if stop:
+        raise BenchmarkError(
+            f"experiment {run.experiment!r} stops on {', '.join(sorted(stop))}, which this "
+            "benchmark does not honour (it stops at env steps, so that a seed gives the same "
+            "curve): pass --env-steps N, or run the file with `rllib train file` and record the "
+            "trial with benchmarks/record_trial.py"
+        )
     return int(build_config(run).total_env_steps)
 
 

@@ -320,6 +320,10 @@ def test_env_steps_default_and_fixed_points_and_threshold():
     del experiments["tiny"]["stop"]
     (run,) = learn.plan_runs(experiments, ["barlow"], [0], overrides={"total_env_steps": 1234})
     assert learn.default_env_steps(experiments, run) == 1234
+    # A timed stop (breakout_cpu.yaml's hour) is refused, not run on to total_env_steps.
+    experiments["tiny"]["stop"] = {"time_total_s": 3600}
+    with pytest.raises(learn.BenchmarkError, match="stops on time_total_s.*--env-steps"):
+        learn.default_env_steps(experiments, run)
     assert learn.eval_targets(1000, 300) == [300, 600, 900, 1000]
     assert learn.eval_targets(900, 300) == [300, 600, 900]
 
