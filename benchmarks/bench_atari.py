@@ -21,7 +21,9 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ray
 import yaml
@@ -49,6 +51,45 @@ def build(yaml_path: Path, num_envs: int | None, device: str, **training) -> obj
     return config.build_algo()
 
 
+def fill_replay_buffer(algo: Any, min_env_steps: int, verbose: bool = False
+                       ) -> list[tuple[float, int]]:
+    """Self-play (4 steps in each env per round) into the replay buffer until it holds
+    `min_env_steps` and a batch; returns each round's (seconds, env steps)."""
+    cfg = algo.config
+    steps_per_round = cfg.num_envs_per_env_runner * 4
+    collected, rounds = 0, []
+    while collected < min_env_steps or len(algo.replay_buffer) < cfg.batch_size:
+        start = time.perf_counter()
+        episodes = algo.env_runner.sample(num_timesteps=steps_per_round, explore=True)
+        rounds.append((time.perf_counter() - start, sum(len(e) for e in episodes)))
+        for episode in episodes:
+            collected += add_episode_chunk(algo.replay_buffer, episode, 0)
+        if verbose:
+            print(f"  warm-up: {collected} env steps, {len(algo.replay_buffer)} sampleable",
+                  flush=True)
+    return rounds
+
+
+def reanalyze_and_update(algo: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Two stages to time on their own: `reanalyze()` makes a training batch from the replay
+    buffer; `update()` runs one learner step on the last batch made (call reanalyze first)."""
+    cfg = algo.config
+    batches: list[dict] = []
+
+    def reanalyze() -> None:
+        windows = algo.replay_buffer.sample(cfg.batch_size)
+        batches.append(algo.reanalyzer.make_batch(windows, 0, len(batches)))
+
+    def update() -> None:
+        algo.learner_group.update(
+            batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(batches[-1])},
+                                  env_steps=cfg.batch_size),
+            timesteps={},
+        )
+
+    return reanalyze, update
+
+
 def timed(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -74,41 +115,18 @@ def main() -> None:
 
     algo = build(Path(args.yaml), args.num_envs, args.device)
     cfg = algo.config
-    runner = algo.env_runner
     print(f"{Path(args.yaml).name}: channels={cfg.channels} sims={cfg.num_simulations} "
           f"batch={cfg.batch_size} envs={cfg.num_envs_per_env_runner} device={args.device}",
           flush=True)
 
     # Self-play: env steps per second of the search-driven env runner.
-    steps_per_round = cfg.num_envs_per_env_runner * 4
-    collected, sample_times = 0, []
-    while collected < args.warmup_steps or len(algo.replay_buffer) < cfg.batch_size:
-        start = time.perf_counter()
-        episodes = runner.sample(num_timesteps=steps_per_round, explore=True)
-        sample_times.append((time.perf_counter() - start, sum(len(e) for e in episodes)))
-        for episode in episodes:
-            collected += add_episode_chunk(algo.replay_buffer, episode, 0)
-        print(f"  warm-up: {collected} env steps, {len(algo.replay_buffer)} sampleable",
-              flush=True)
+    sample_times = fill_replay_buffer(algo, args.warmup_steps, verbose=True)
     env_steps_per_s = sum(n for _, n in sample_times[1:]) / sum(t for t, _ in sample_times[1:])
 
-    # Reanalyze alone: sample + target values + fresh searches for the batch.
-    batches = []
-
-    def reanalyze() -> None:
-        windows = algo.replay_buffer.sample(cfg.batch_size)
-        batches.append(algo.reanalyzer.make_batch(windows, 0, len(batches)))
-
+    # Reanalyze alone (sample + target values + fresh searches for the batch), then the learner
+    # alone (one gradient step on the last batch made).
+    reanalyze, update = reanalyze_and_update(algo)
     reanalyze_s = statistics.median(timed(reanalyze, args.repeats))
-
-    # Learner alone: one gradient step on a prepared batch.
-    def update() -> None:
-        algo.learner_group.update(
-            batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(batches[-1])},
-                                  env_steps=cfg.batch_size),
-            timesteps={},
-        )
-
     update()  # first call builds optimizer state
     update_s = statistics.median(timed(update, args.repeats))
 

@@ -28,11 +28,7 @@ from pathlib import Path
 
 import ray
 import torch
-from bench_atari import build
-from ray.rllib.core import DEFAULT_MODULE_ID
-from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
-
-from rllib_barlowzero.barlowzero import add_episode_chunk
+from bench_atari import build, fill_replay_buffer, reanalyze_and_update
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,34 +53,18 @@ def main() -> None:
 
     algo = build(Path(args.yaml), None, "cpu")
     cfg = algo.config
-    runner = algo.env_runner
     if not torch.are_deterministic_algorithms_enabled():
         raise RuntimeError("expected RLlib's seeding to turn deterministic algorithms on; "
                            "does the tuned example set a seed?")
-    steps_per_sample = cfg.num_envs_per_env_runner * 4
-    collected = 0
-    while collected < args.warmup_steps or len(algo.replay_buffer) < cfg.batch_size:
-        for episode in runner.sample(num_timesteps=steps_per_sample, explore=True):
-            collected += add_episode_chunk(algo.replay_buffer, episode, 0)
+    collected = sum(n for _, n in fill_replay_buffer(algo, args.warmup_steps))
     print(f"{Path(args.yaml).name}: channels={cfg.channels} sims={cfg.num_simulations} "
           f"batch={cfg.batch_size} envs={cfg.num_envs_per_env_runner} "
           f"threads={torch.get_num_threads()}; {collected} env steps in the buffer", flush=True)
 
-    batches: list[dict] = []
-
-    def reanalyze() -> None:
-        windows = algo.replay_buffer.sample(cfg.batch_size)
-        batches.append(algo.reanalyzer.make_batch(windows, 0, len(batches)))
-
-    def update() -> None:
-        algo.learner_group.update(
-            batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(batches[-1])},
-                                  env_steps=cfg.batch_size),
-            timesteps={},
-        )
+    reanalyze, update = reanalyze_and_update(algo)
 
     def self_play() -> None:
-        runner.sample(num_timesteps=steps_per_sample, explore=True)
+        algo.env_runner.sample(num_timesteps=cfg.num_envs_per_env_runner * 4, explore=True)
 
     stages = {"learner_update": update, "reanalyze_batch": reanalyze, "self_play_sample": self_play}
     reanalyze()
