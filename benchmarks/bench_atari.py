@@ -51,16 +51,21 @@ def build(yaml_path: Path, num_envs: int | None, device: str, **training) -> obj
     return config.build_algo()
 
 
+def self_play_round(algo: Any) -> list:
+    """One round of search-driven self-play: 4 steps in each env; returns the episode chunks."""
+    return algo.env_runner.sample(num_timesteps=algo.config.num_envs_per_env_runner * 4,
+                                  explore=True)
+
+
 def fill_replay_buffer(algo: Any, min_env_steps: int, verbose: bool = False
                        ) -> list[tuple[float, int]]:
-    """Self-play (4 steps in each env per round) into the replay buffer until it holds
-    `min_env_steps` and a batch; returns each round's (seconds, env steps)."""
+    """Self-play rounds into the replay buffer until it holds `min_env_steps` and a batch;
+    returns each round's (seconds, env steps)."""
     cfg = algo.config
-    steps_per_round = cfg.num_envs_per_env_runner * 4
     collected, rounds = 0, []
     while collected < min_env_steps or len(algo.replay_buffer) < cfg.batch_size:
         start = time.perf_counter()
-        episodes = algo.env_runner.sample(num_timesteps=steps_per_round, explore=True)
+        episodes = self_play_round(algo)
         rounds.append((time.perf_counter() - start, sum(len(e) for e in episodes)))
         for episode in episodes:
             collected += add_episode_chunk(algo.replay_buffer, episode, 0)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import ray
 import torch
-from bench_atari import build, fill_replay_buffer, reanalyze_and_update
+from bench_atari import build, fill_replay_buffer, reanalyze_and_update, self_play_round
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,10 +63,8 @@ def main() -> None:
 
     reanalyze, update = reanalyze_and_update(algo)
 
-    def self_play() -> None:
-        algo.env_runner.sample(num_timesteps=cfg.num_envs_per_env_runner * 4, explore=True)
-
-    stages = {"learner_update": update, "reanalyze_batch": reanalyze, "self_play_sample": self_play}
+    stages = {"learner_update": update, "reanalyze_batch": reanalyze,
+              "self_play_sample": lambda: self_play_round(algo)}
     reanalyze()
     update()  # builds the optimizer state
     times: dict[str, dict[bool, list[float]]] = {name: {True: [], False: []} for name in stages}
